@@ -1,0 +1,388 @@
+"""Build TensorRT engines from the exported ONNX graph (TensorRT 10.x and 11.x Python API).
+
+Precision: FP16 engines come from the mixed-precision ONNX graph (:mod:`cloudrt.export.fp16`) parsed
+into a *strongly typed* network, so TensorRT keeps exactly the FP32 islands the graph declares. That is
+the only mode TensorRT 11 has, and the recommended one from 10.12 on (weak typing and
+``BuilderFlag.FP16`` were deprecated in 10.12 and removed in 11). Older 10.x releases (Jetson) fall back
+to the FP32 graph with ``BuilderFlag.FP16``.
+
+Every build sets an optimization profile for the batch range, a workspace limit and a persistent timing
+cache, and writes the engine plus a JSON sidecar (:mod:`cloudrt.export.engine_cache`).
+
+Nothing here imports torch. TensorRT and the GPU are looked up only when a build or check runs: without
+them the functions raise :class:`cloudrt.errors.BackendUnavailableError` (one line; the CLI exits 2).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from cloudrt.errors import BackendUnavailableError, EngineMismatchError, InputError, ModelError
+from cloudrt.export.engine_cache import (
+    DEFAULT_ENGINE_BATCH,
+    atomic_write_bytes,
+    engine_cache_path,
+    file_sha256,
+    make_sidecar,
+    normalize_compute_capability,
+    normalize_trt_version,
+    parse_batch,
+    read_sidecar,
+    timing_cache_path,
+    write_sidecar,
+)
+
+STRONG_TYPING_DEFAULT_FROM = (10, 12)  # weak typing deprecated in 10.12, removed in 11.0
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """One CUDA device as the driver reports it."""
+
+    index: int
+    name: str
+    compute_capability: str  # "8.7"
+    total_memory: int | None = None
+
+
+@dataclass(frozen=True)
+class BuildMode:
+    """How a TensorRT version builds the requested precision."""
+
+    strongly_typed: bool
+    fp16_flag: bool  # BuilderFlag.FP16 (weak typing; TensorRT < 10.12 only by default)
+    needs_fp16_graph: bool  # FP16 must come from the mixed-precision ONNX graph
+
+
+def require_tensorrt() -> ModuleType:
+    """Import ``tensorrt`` (10+) or raise :class:`BackendUnavailableError` with one clear line."""
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError) as e:
+        raise BackendUnavailableError(
+            "--format engine needs TensorRT 10 or newer and an NVIDIA GPU, and TensorRT is not installed "
+            f"here ({type(e).__name__}); install it where the GPU is (pip install 'cloudrt[tensorrt]') or "
+            "use --format onnx."
+        ) from e
+    ver = _ver_tuple(getattr(trt, "__version__", "0"))
+    if ver < (10, 0):
+        raise BackendUnavailableError(
+            f"TensorRT {trt.__version__} is installed but cloudrt needs TensorRT 10 or newer; upgrade it "
+            "(pip install -U 'tensorrt>=10') or use --format onnx."
+        )
+    return trt
+
+
+def _ver_tuple(v: str) -> tuple[int, int]:
+    try:
+        major, minor, _ = normalize_trt_version(v).split(".")
+        return int(major), int(minor)
+    except ValueError:
+        return (0, 0)
+
+
+def trt_build_mode(trt_version: str, half: bool, strongly_typed: bool | None = None) -> BuildMode:
+    """Pick strong typing vs the FP16 builder flag for ``trt_version`` (pure logic, testable anywhere).
+
+    TensorRT 11: always strongly typed. 10.12+: strongly typed unless ``strongly_typed=False``.
+    Older 10.x: ``BuilderFlag.FP16`` on the FP32 graph unless ``strongly_typed=True``.
+    """
+    ver = _ver_tuple(trt_version)
+    if ver < (10, 0):
+        raise BackendUnavailableError(f"TensorRT {trt_version} is too old; cloudrt needs TensorRT 10 or newer.")
+    if ver >= (11, 0):
+        if strongly_typed is False:
+            raise InputError(f"TensorRT {trt_version} builds only strongly typed networks; drop the override.")
+        strong = True
+    elif strongly_typed is None:
+        strong = ver >= STRONG_TYPING_DEFAULT_FROM
+    else:
+        strong = bool(strongly_typed)
+    return BuildMode(strongly_typed=strong, fp16_flag=half and not strong, needs_fp16_graph=half and strong)
+
+
+# --------------------------------------------------------------------------- GPU lookup (CUDA driver API)
+
+_CU_ATTR_CC_MAJOR, _CU_ATTR_CC_MINOR = 75, 76
+
+
+def _libcuda() -> Any:
+    names = ["nvcuda.dll"] if sys.platform == "win32" else ["libcuda.so.1", "libcuda.so"]
+    found = ctypes.util.find_library("cuda")
+    if found:
+        names.append(found)
+    for name in names:
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
+
+
+def _driver_gpu_info(index: int) -> GpuInfo:
+    """Query device ``index`` through the CUDA driver (no torch, no CUDA toolkit needed)."""
+    lib = _libcuda()
+    if lib is None:
+        raise BackendUnavailableError(
+            "--format engine needs an NVIDIA GPU, and no CUDA driver (libcuda) is present on this machine; "
+            "build engines on the GPU machine that will run them, or use --format onnx."
+        )
+    if lib.cuInit(0) != 0:
+        raise BackendUnavailableError(
+            "--format engine needs an NVIDIA GPU, and the CUDA driver reports none usable here (cuInit "
+            "failed); check nvidia-smi and CUDA_VISIBLE_DEVICES, or use --format onnx."
+        )
+    count = ctypes.c_int(0)
+    lib.cuDeviceGetCount(ctypes.byref(count))
+    if not 0 <= index < count.value:
+        raise BackendUnavailableError(
+            f"--device {index} does not exist: this machine has {count.value} CUDA GPU(s); pass "
+            f"--device 0{'..' + str(count.value - 1) if count.value > 1 else ''}."
+            if count.value else
+            "--format engine needs an NVIDIA GPU, and none is visible here; use --format onnx."
+        )
+    dev = ctypes.c_int(0)
+    lib.cuDeviceGet(ctypes.byref(dev), index)
+    buf = ctypes.create_string_buffer(256)
+    lib.cuDeviceGetName(buf, 256, dev)
+    major, minor = ctypes.c_int(0), ctypes.c_int(0)
+    lib.cuDeviceGetAttribute(ctypes.byref(major), _CU_ATTR_CC_MAJOR, dev)
+    lib.cuDeviceGetAttribute(ctypes.byref(minor), _CU_ATTR_CC_MINOR, dev)
+    mem = ctypes.c_size_t(0)
+    total = mem.value if lib.cuDeviceTotalMem_v2(ctypes.byref(mem), dev) == 0 else None
+    return GpuInfo(index, buf.value.decode(errors="replace"), f"{major.value}.{minor.value}", total)
+
+
+def gpu_info(device: int | str = 0) -> GpuInfo:
+    """Name and compute capability of CUDA device ``device`` (``0``, ``"1"`` or ``"cuda:1"``)."""
+    return _driver_gpu_info(parse_device(device))
+
+
+def parse_device(device: int | str | None) -> int:
+    """``None``/``"cuda"`` -> 0, ``"cuda:1"``/``"1"``/``1`` -> 1; :class:`InputError` otherwise."""
+    if device is None:
+        return 0
+    s = str(device).strip().lower()
+    if s in ("cuda", "gpu"):
+        return 0
+    s = s.removeprefix("cuda:").removeprefix("gpu:")
+    if not s.isdigit():
+        raise InputError(f"--device {device!r} is not a GPU index; use e.g. --device 0 or --device cuda:1.")
+    return int(s)
+
+
+def _activate_device(index: int) -> None:
+    """Make ``index`` the current CUDA device for TensorRT (primary context via the driver API)."""
+    lib = _libcuda()
+    if lib is None:
+        return
+    dev, ctx = ctypes.c_int(0), ctypes.c_void_p()
+    if lib.cuDeviceGet(ctypes.byref(dev), index) == 0 and \
+            lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev) == 0:
+        lib.cuCtxSetCurrent(ctx)
+
+
+# --------------------------------------------------------------------------- compatibility check
+
+
+def check_engine_compat(sidecar: dict[str, Any], trt_version: str, compute_capability: str) -> None:
+    """Raise :class:`EngineMismatchError` unless the engine suits this TensorRT and GPU.
+
+    The runtime's implementation (``cloudrt.runtime.tensorrt_backend.check_engine_compat``) is the one
+    used when present, so export and runtime refuse engines by the same rule.
+    """
+    try:
+        from cloudrt.runtime.tensorrt_backend import check_engine_compat as runtime_check
+    except ImportError:
+        runtime_check = None
+    if runtime_check is not None:
+        runtime_check(sidecar, trt_version, compute_capability)
+        return
+    _local_check_engine_compat(sidecar, trt_version, compute_capability)
+
+
+def _local_check_engine_compat(sidecar: dict[str, Any], trt_version: str, compute_capability: str) -> None:
+    want_trt = normalize_trt_version(trt_version)
+    want_cc = normalize_compute_capability(compute_capability)
+    got_trt = normalize_trt_version(str(sidecar.get("tensorrt_version", "0")))
+    got_cc = normalize_compute_capability(str(sidecar.get("compute_capability", "0.0")))
+    fix = sidecar.get("rebuild_command") or "cloudrt export MODEL.onnx --format engine -o ENGINE"
+    if got_trt != want_trt:
+        raise EngineMismatchError(
+            f"engine was built with TensorRT {got_trt} but TensorRT {want_trt} is installed; rebuild it "
+            f"here with: {fix}"
+        )
+    if got_cc != want_cc:
+        raise EngineMismatchError(
+            f"engine was built for a GPU of compute capability {got_cc} "
+            f"({sidecar.get('gpu_name', 'unknown GPU')}) but this GPU is {want_cc}; rebuild it here with: {fix}"
+        )
+
+
+def check_engine(engine_path: str | os.PathLike, device: int | str = 0) -> dict[str, Any]:
+    """Read the engine's sidecar and refuse it if it was built for another TensorRT or GPU."""
+    sidecar = read_sidecar(engine_path)
+    trt = require_tensorrt()
+    check_engine_compat(sidecar, trt.__version__, gpu_info(device).compute_capability)
+    return sidecar
+
+
+# --------------------------------------------------------------------------- build
+
+
+def _onnx_metadata(onnx_path: Path) -> dict[str, str]:
+    import onnx
+
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    return {p.key: p.value for p in m.metadata_props}
+
+
+def _fp16_graph_for(onnx_path: Path, onnx_sha: str, cache_root: str | os.PathLike | None) -> Path:
+    """The mixed-precision version of an FP32 ONNX file, converted once and cached next to the engines."""
+    import onnx
+
+    from cloudrt.export.engine_cache import _cache_root
+    from cloudrt.export.fp16 import convert_fp16
+
+    out = _cache_root(cache_root) / "onnx" / f"{onnx_sha[:16]}-fp16.onnx"
+    if not out.is_file():
+        m16 = convert_fp16(onnx.load(str(onnx_path)))
+        atomic_write_bytes(out, m16.SerializeToString())
+    return out
+
+
+def build_engine(
+    onnx_path: str | os.PathLike, path: str | os.PathLike | None = None, *, half: bool = True,
+    batch: int | str = DEFAULT_ENGINE_BATCH, workspace_gb: float = 4, device: int | str = 0,
+    timing_cache: str | os.PathLike | None = None, strongly_typed: bool | None = None,
+    cache_root: str | os.PathLike | None = None, verbose: bool = True,
+) -> Path:
+    """Build a TensorRT engine from ``onnx_path``; write it to ``path`` (default: the engine cache).
+
+    ``half``: FP16 (strongly typed from the mixed-precision graph on TensorRT 10.12+/11, else the FP16
+    builder flag). ``batch``: ``N`` or ``"MIN:OPT:MAX"`` optimization profile. ``workspace_gb``: builder
+    workspace limit in GiB. ``timing_cache``: file to load and update (default: per TensorRT version and
+    GPU architecture under the cache directory). Returns the engine path; the sidecar is ``PATH.json``.
+    """
+    trt = require_tensorrt()
+    index = parse_device(device)
+    gpu = gpu_info(index)
+    bmin, bopt, bmax = parse_batch(batch)
+    if workspace_gb <= 0:
+        raise InputError(f"--workspace {workspace_gb} must be a positive number of GiB, e.g. --workspace 4.")
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise ModelError(f"ONNX file {onnx_path} not found; export it first with `cloudrt export -o {onnx_path}`.")
+    precision = "fp16" if half else "fp32"
+    meta = _onnx_metadata(onnx_path)
+    graph_precision = meta.get("precision", "fp32")
+    if graph_precision == "fp16" and not half:
+        raise InputError(f"{onnx_path} is a mixed-precision FP16 graph; pass --half, or give the FP32 ONNX.")
+    mode = trt_build_mode(trt.__version__, half, strongly_typed)
+    onnx_sha = file_sha256(onnx_path)
+    source = onnx_path
+    if mode.needs_fp16_graph and graph_precision != "fp16":
+        source = _fp16_graph_for(onnx_path, onnx_sha, cache_root)
+    engine_path = Path(path) if path is not None else engine_cache_path(
+        onnx_path, precision, batch=f"{bmin}:{bopt}:{bmax}", trt_version=trt.__version__,
+        compute_capability=gpu.compute_capability, cache_root=cache_root)
+    tc_path = Path(timing_cache) if timing_cache is not None else timing_cache_path(
+        trt.__version__, gpu.compute_capability, cache_root)
+    say = print if verbose else (lambda *a, **k: None)
+    say(f"building {precision.upper()} TensorRT {trt.__version__} engine "
+        f"({'strongly typed' if mode.strongly_typed else 'FP16 builder flag'}) for {gpu.name} "
+        f"(sm {gpu.compute_capability}), batch {bmin}:{bopt}:{bmax}, from {source.name}")
+
+    _activate_device(index)
+    t0 = time.perf_counter()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if mode.strongly_typed:
+        flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+        if flag is not None:  # TensorRT 11 keeps the flag for compatibility and ignores it
+            flags |= 1 << int(flag)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(source)):
+        errs = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
+        raise ModelError(f"TensorRT could not parse {source.name}: {errs or 'unknown error'}; "
+                         "re-export it with `cloudrt export` (opset 17).")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    if mode.fp16_flag:
+        config.set_flag(trt.BuilderFlag.FP16)
+
+    profile = builder.create_optimization_profile()
+    input_shapes: dict[str, list[int]] = {}
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = [int(d) for d in tensor.shape]
+        if shape[0] != -1 and (bmin, bmax) != (shape[0], shape[0]):
+            raise InputError(f"{onnx_path.name} has a static batch of {shape[0]}; use --batch {shape[0]} or "
+                             "re-export without --batch N for a dynamic batch.")
+        if any(d < 0 for d in shape[1:]):
+            raise ModelError(f"{onnx_path.name} input {tensor.name} has dynamic non-batch dims {shape}; "
+                             "re-export it with a static --tile.")
+        input_shapes[tensor.name] = shape
+        rest = tuple(shape[1:])
+        profile.set_shape(tensor.name, (bmin, *rest), (bopt, *rest), (bmax, *rest))
+    config.add_optimization_profile(profile)
+
+    blob = tc_path.read_bytes() if tc_path.is_file() else b""
+    try:
+        tcache = config.create_timing_cache(blob)
+    except Exception:  # a corrupt or foreign cache: start a fresh one
+        tcache = config.create_timing_cache(b"")
+    config.set_timing_cache(tcache, False)
+
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise ModelError(f"TensorRT failed to build an engine from {source.name} (see the log above); try a "
+                         "larger --workspace or a smaller --batch range.")
+    engine_bytes = bytes(plan)
+    atomic_write_bytes(engine_path, engine_bytes)
+    atomic_write_bytes(tc_path, bytes(config.get_timing_cache().serialize()))
+    sidecar = make_sidecar(
+        engine_path=engine_path, engine_bytes=engine_bytes, onnx_path=onnx_path, onnx_sha256=onnx_sha,
+        trt_version=trt.__version__, gpu_name=gpu.name, compute_capability=gpu.compute_capability,
+        precision=precision, batch=(bmin, bopt, bmax), input_shapes=input_shapes,
+        strongly_typed=mode.strongly_typed, workspace_gb=workspace_gb, device=index, onnx_metadata=meta,
+        built_from_sha256=file_sha256(source) if source != onnx_path else onnx_sha,
+    )
+    write_sidecar(engine_path, sidecar)
+    say(f"wrote {engine_path} ({len(engine_bytes) / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f} s; "
+        f"sidecar {engine_path.name}.json; timing cache {tc_path}")
+    return engine_path
+
+
+def get_or_build_engine(
+    onnx_path: str | os.PathLike, *, half: bool = True, batch: int | str = DEFAULT_ENGINE_BATCH,
+    workspace_gb: float = 4, device: int | str = 0, cache_root: str | os.PathLike | None = None,
+    verbose: bool = False,
+) -> Path:
+    """The cached engine for this ONNX file, precision and batch profile on this device; built on first use.
+
+    A cached engine whose sidecar names another TensorRT version or GPU is rebuilt, not loaded.
+    """
+    trt = require_tensorrt()
+    gpu = gpu_info(device)
+    path = engine_cache_path(onnx_path, "fp16" if half else "fp32", batch=batch, trt_version=trt.__version__,
+                             compute_capability=gpu.compute_capability, cache_root=cache_root)
+    if path.is_file():
+        try:
+            check_engine_compat(read_sidecar(path), trt.__version__, gpu.compute_capability)
+            return path
+        except ModelError:  # includes EngineMismatchError: rebuild below
+            pass
+    return build_engine(onnx_path, path, half=half, batch=batch, workspace_gb=workspace_gb, device=device,
+                        cache_root=cache_root, verbose=verbose)

@@ -1,0 +1,259 @@
+"""GeoTIFF input/output for the runtime (rasterio; no torch).
+
+- :func:`open_optical` / :func:`open_sar` open and validate a Sentinel-2 (13 bands) / Sentinel-1 (2 bands)
+  raster, turning every failure into one-line :class:`~cloudrt.errors.InputError`.
+- :func:`match_grids` refuses S1/S2 on different grids (or not overlapping) and, with ``align=True``,
+  reprojects S1 onto the S2 grid lazily (a ``WarpedVRT``, read by windows like the files).
+- :func:`atomic_output` gives a temporary name in the output's directory and renames it into place only
+  when writing finished: an interrupted or failed run never leaves a partial file under the final name.
+- :func:`output_profile` is the profile of the outputs: tiled (256 x 256), deflate-compressed GeoTIFF with
+  the input's size, CRS, transform and nodata; no georeferencing when the input has none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cloudrt.errors import InputError
+from cloudrt.preprocess import S1_BANDS, S2_BANDS, SUPPORTED_DTYPES
+
+BLOCK = 256  # output GeoTIFF tile size; the runtime writes whole rows of tiles at a time
+_SUPPORTED_NAMES = tuple(np.dtype(t).name for t in SUPPORTED_DTYPES)
+
+
+def _rasterio():
+    import rasterio
+
+    return rasterio
+
+
+def _open(path: str | os.PathLike, what: str) -> Any:
+    rasterio = _rasterio()
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{what} file {p} does not exist; check the path.")
+    if p.is_dir():
+        raise InputError(f"{what} path {p} is a directory; pass a GeoTIFF file.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            return rasterio.open(p)
+    except (rasterio.errors.RasterioIOError, rasterio.errors.RasterioError, OSError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(
+            f"{what} file {p} cannot be read as a raster ({reason}); pass a readable GeoTIFF."
+        ) from e
+
+
+def _check_dtype(ds: Any, what: str) -> None:
+    dt = ds.dtypes[0]
+    if dt not in _SUPPORTED_NAMES or len(set(ds.dtypes)) != 1:
+        raise InputError(
+            f"{what} file {ds.name} has unsupported data type {','.join(sorted(set(ds.dtypes)))}; expected "
+            f"one of {', '.join(_SUPPORTED_NAMES)} (S2 L1C is uint16). Convert it, e.g. gdal_translate -ot UInt16."
+        )
+
+
+def open_optical(path: str | os.PathLike) -> Any:
+    """Open a Sentinel-2 L1C raster: 13 bands (B1..B12 with B8A) of a supported dtype, else InputError."""
+    ds = _open(path, "optical (S2)")
+    try:
+        if ds.count != len(S2_BANDS):
+            raise InputError(
+                f"optical (S2) file {ds.name} has {ds.count} band{'s' if ds.count != 1 else ''}; expected 13 "
+                f"Sentinel-2 L1C bands ({','.join(S2_BANDS)}). Pass the full 13-band L1C stack."
+            )
+        _check_dtype(ds, "optical (S2)")
+    except BaseException:
+        ds.close()
+        raise
+    return ds
+
+
+def open_sar(path: str | os.PathLike) -> Any:
+    """Open a Sentinel-1 raster: 2 bands (VV, VH) sigma0 in dB of a supported dtype, else InputError."""
+    ds = _open(path, "SAR (S1)")
+    try:
+        if ds.count != len(S1_BANDS):
+            raise InputError(
+                f"SAR (S1) file {ds.name} has {ds.count} band{'s' if ds.count != 1 else ''}; expected 2 "
+                "Sentinel-1 bands (VV, VH, sigma0 in dB). Pass a 2-band VV/VH stack."
+            )
+        _check_dtype(ds, "SAR (S1)")
+    except BaseException:
+        ds.close()
+        raise
+    return ds
+
+
+def is_georeferenced(ds: Any) -> bool:
+    """True if the dataset has a CRS, a non-identity geotransform, or GCPs."""
+    from affine import Affine
+
+    gcps = ds.gcps[0] if ds.gcps else []
+    return ds.crs is not None or ds.transform != Affine.identity() or bool(gcps)
+
+
+def _same_grid(a: Any, b: Any) -> bool:
+    if (a.width, a.height) != (b.width, b.height) or a.crs != b.crs:
+        return False
+    tol = 1e-3 * max(abs(a.transform.a), abs(a.transform.e), 1e-12)  # a thousandth of a pixel
+    return a.transform.almost_equals(b.transform, precision=tol)
+
+
+def match_grids(optical: Any, sar: Any, align: bool = False) -> Any:
+    """Return a dataset to read SAR from on the optical grid; InputError if the grids differ or are apart.
+
+    Without ``align``, S1 must have exactly the S2 grid (size, CRS, transform). With ``align``, S1 is
+    reprojected onto the S2 grid on the fly (bilinear; areas outside S1 become NaN, i.e. invalid).
+    """
+    rasterio = _rasterio()
+    geo_o, geo_s = is_georeferenced(optical), is_georeferenced(sar)
+    if not geo_o and not geo_s:
+        if (optical.width, optical.height) != (sar.width, sar.height):
+            raise InputError(
+                f"S1 ({sar.width}x{sar.height}) and S2 ({optical.width}x{optical.height}) differ in size and "
+                "carry no georeferencing to align them; crop both to the same pixel grid."
+            )
+        return sar
+    if geo_o != geo_s:
+        which, other = ("S2", "S1") if geo_o else ("S1", "S2")
+        raise InputError(
+            f"{which} is georeferenced but {other} is not, so their grids cannot be matched; "
+            f"georeference {other} (or strip both)."
+        )
+    if _same_grid(optical, sar):
+        return sar
+    if optical.crs is None or sar.crs is None:
+        raise InputError("S1 and S2 grids differ and one has no CRS; resample both to the same grid first.")
+    from rasterio.warp import transform_bounds
+
+    try:
+        sb = transform_bounds(sar.crs, optical.crs, *sar.bounds, densify_pts=21)
+    except Exception as e:  # noqa: BLE001 - any PROJ failure means no usable overlap
+        raise InputError(f"S1 bounds cannot be transformed into the S2 CRS ({e}); check both CRSs.") from e
+    ob = optical.bounds
+    overlap = min(ob.right, sb[2]) - max(ob.left, sb[0]) > 0 and min(ob.top, sb[3]) - max(ob.bottom, sb[1]) > 0
+    if not overlap:
+        raise InputError(
+            f"S1 {sar.name} and S2 {optical.name} do not overlap (S2 bounds {tuple(round(v, 1) for v in ob)}, "
+            f"S1 bounds in the S2 CRS {tuple(round(v, 1) for v in sb)}); pass an S1 scene that covers the S2 one."
+        )
+    if not align:
+        raise InputError(
+            f"S1 and S2 are on different grids (S2 {optical.width}x{optical.height} {optical.crs}, "
+            f"S1 {sar.width}x{sar.height} {sar.crs}); pass --align to reproject S1 onto the S2 grid."
+        )
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    return WarpedVRT(
+        sar, crs=optical.crs, transform=optical.transform, width=optical.width, height=optical.height,
+        resampling=Resampling.bilinear, dtype="float32", nodata=float("nan"),
+        src_nodata=sar.nodata,
+    )
+
+
+def read_rows(ds: Any, r0: int, r1: int) -> np.ndarray:
+    """All bands of rows ``[r0, r1)`` at full width."""
+    from rasterio.windows import Window
+
+    return ds.read(window=Window(0, r0, ds.width, r1 - r0))
+
+
+def band_descriptions(ds: Any, default: tuple[str, ...]) -> tuple[str, ...]:
+    """The input's band descriptions, or ``default`` names when it has none."""
+    desc = tuple(ds.descriptions or ())
+    if len(desc) == len(default) and any(desc):
+        return tuple(d or n for d, n in zip(desc, default, strict=True))
+    return default
+
+
+def output_profile(src: Any, count: int, dtype: str, nodata: float | None) -> dict[str, Any]:
+    """Tiled, compressed GeoTIFF profile on the grid of ``src`` (no georeferencing if ``src`` has none)."""
+    kind = np.dtype(dtype).kind
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": src.width,
+        "height": src.height,
+        "count": count,
+        "dtype": dtype,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": BLOCK,
+        "blockysize": BLOCK,
+        "compress": "deflate",
+        "predictor": 3 if kind == "f" else 2,
+        "BIGTIFF": "IF_SAFER",
+    }
+    if is_georeferenced(src):
+        profile["crs"] = src.crs
+        profile["transform"] = src.transform
+    return profile
+
+
+def check_output_path(path: str | os.PathLike, overwrite: bool, inputs: tuple[Any, ...] = ()) -> Path:
+    """Refuse an existing output without ``overwrite``, a missing/unwritable directory, or an input path."""
+    p = Path(path)
+    for i in inputs:
+        if i is not None and Path(i).exists() and p.exists() and p.resolve() == Path(i).resolve():
+            raise InputError(f"output {p} is also an input; choose another output path.")
+    if p.is_dir():
+        raise InputError(f"output {p} is a directory; pass a file name such as {p / 'out.tif'}.")
+    if p.exists() and not overwrite:
+        raise InputError(f"output {p} already exists; pass --overwrite to replace it.")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"output directory {parent} does not exist; create it or choose another output path.")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"output directory {parent} is not writable; choose a writable output path.")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it to ``path``, on any failure or
+    interruption (including KeyboardInterrupt) delete it. ``path`` never holds partial content."""
+    p = check_output_path(path, overwrite)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".partial", dir=p.parent)
+    except OSError as e:
+        raise InputError(f"cannot write in {p.parent} ({e.strerror}); choose a writable output path.") from e
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        if p.exists() and not overwrite:  # appeared while we were working (another process)
+            raise InputError(f"output {p} already exists; pass --overwrite to replace it.")
+        os.replace(tmp_path, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise
+
+
+def write_raster(
+    path: str | os.PathLike, data: np.ndarray, like: Any, *, nodata: float | None = None,
+    descriptions: tuple[str, ...] | None = None, overwrite: bool = False,
+) -> Path:
+    """Write a small (C, H, W) array atomically as a tiled compressed GeoTIFF on the grid of ``like``."""
+    rasterio = _rasterio()
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[None]
+    profile = output_profile(like, data.shape[0], data.dtype.name, nodata)
+    with atomic_output(path, overwrite) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(data)
+            if descriptions:
+                for i, d in enumerate(descriptions, 1):
+                    dst.set_band_description(i, d)
+    return Path(path)

@@ -1,0 +1,202 @@
+"""Whole-scene tiling for a fixed-tile model: overlap, reflect padding, seam-free blending, streaming.
+
+NumPy only. A scene of any size (a few pixels up to a 10980 x 10980 granule) is cut into tiles of the
+model's tile size ``T`` with stride ``S = T - overlap``. The scene is reflect-padded by ``margin = overlap``
+on every side, so that each scene pixel, even on the scene border, lies in the full-weight core of at
+least one tile, never only on a tile's outer edge.
+
+Every tile's prediction is weighted by a separable window that is 1 in the core and ramps linearly over
+``overlap`` pixels to ``0.5 / overlap`` at the tile edge (:func:`ramp`). With stride ``T - overlap`` the
+ramps of neighbouring tiles sum to exactly 1 (a partition of unity), so blending is a weighted average
+without visible seams; the accumulated weight is still divided out, so skipped tiles (all nodata) and
+the scene borders normalize correctly.
+
+:func:`blend_rows` streams: it reads the scene by groups of tile rows, batches the tiles for the backend,
+and yields finished rows of the prediction in order. Its memory is ``O(width * tile)``, independent of
+the number of rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+RowReader = Callable[[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+"""``read(r0, r1) -> (optical (13, r1-r0, W), sar (2, r1-r0, W), valid (r1-r0, W) bool)``, normalized
+float32 model units, for scene rows ``r0 <= r < r1`` (always inside the scene)."""
+
+BatchRunner = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""``run(optical (B, 13, T, T), sar (B, 2, T, T)) -> (B, 13, T, T)``, float32."""
+
+
+@dataclass(frozen=True)
+class AxisTiling:
+    """Tiling of one axis of length ``length``: tile ``tile``, overlap ``overlap``.
+
+    Coordinates are *padded* coordinates: padded index ``p`` is scene index ``p - margin``.
+    """
+
+    length: int
+    tile: int
+    overlap: int
+
+    def __post_init__(self) -> None:
+        if self.length < 1:
+            raise ValueError(f"axis length must be >= 1, got {self.length}")
+        if self.tile < 1 or not 0 <= self.overlap < self.tile:
+            raise ValueError(f"need tile >= 1 and 0 <= overlap < tile (tile {self.tile}, overlap {self.overlap})")
+
+    @property
+    def stride(self) -> int:
+        return self.tile - self.overlap
+
+    @property
+    def margin(self) -> int:
+        """Reflect padding before the first scene pixel."""
+        return self.overlap
+
+    @property
+    def count(self) -> int:
+        """Number of tiles along the axis."""
+        need = self.length + 2 * self.margin
+        if need <= self.tile:
+            return 1
+        return math.ceil((need - self.tile) / self.stride) + 1
+
+    @property
+    def padded(self) -> int:
+        """Padded extent covered by the tiles (>= length + 2 * margin)."""
+        return (self.count - 1) * self.stride + self.tile
+
+    def origins(self) -> np.ndarray:
+        """Tile starts in padded coordinates."""
+        return np.arange(self.count) * self.stride
+
+
+def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
+    """Map (possibly out-of-range) indices onto ``[0, n)`` by mirror reflection without repeating the edge
+    (NumPy's ``np.pad(mode="reflect")``), repeated as often as needed; ``n == 1`` maps everything to 0."""
+    idx = np.asarray(idx, dtype=np.int64)
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * (n - 1)
+    m = np.mod(idx, period)
+    return np.where(m < n, m, period - m)
+
+
+def ramp(tile: int, overlap: int) -> np.ndarray:
+    """1-D blending window (float32, length ``tile``): ``(k + 0.5) / overlap`` over the first and last
+    ``overlap`` pixels, 1 in between. Shifted copies at stride ``tile - overlap`` sum to 1."""
+    w = np.ones(tile, dtype=np.float64)
+    if overlap > 0:
+        k = np.arange(tile, dtype=np.float64)
+        w = np.minimum(w, (k + 0.5) / overlap)
+        w = np.minimum(w, (tile - k - 0.5) / overlap)
+    return w.astype(np.float32)
+
+
+def tile_weight(tile: int, overlap: int) -> np.ndarray:
+    """2-D separable blending window (T, T) float32: ``ramp(y) * ramp(x)``."""
+    r = ramp(tile, overlap)
+    return np.outer(r, r).astype(np.float32)
+
+
+def blend_rows(
+    read: RowReader,
+    run: BatchRunner,
+    height: int,
+    width: int,
+    tile: int,
+    overlap: int,
+    batch: int = 4,
+    bands_out: int = 13,
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Stream the blended prediction of a ``height x width`` scene.
+
+    Yields ``(r0, r1, pred)`` with ``pred`` (bands_out, r1 - r0, width) float32 in model units, for
+    consecutive row ranges covering ``[0, height)`` exactly once, in order. Pixels that no tile covered with
+    weight (every tile around them was all-invalid and skipped) are 0. Tiles with no valid pixel are not
+    run. ``batch`` caps the tiles per backend call; several tile rows are grouped when a row has fewer
+    tiles than ``batch`` (small scenes).
+    """
+    ty, tx = AxisTiling(height, tile, overlap), AxisTiling(width, tile, overlap)
+    s, m = ty.stride, ty.margin
+    weight = tile_weight(tile, overlap)
+    col_map = reflect_index(np.arange(tx.padded) - tx.margin, width)
+    col_origins = tx.origins()
+    rows_per_group = max(1, batch // tx.count)
+
+    carry: np.ndarray | None = None  # accumulated (bands_out + 1, overlap, padded width) from the last group
+    next_row = 0  # first scene row not yet yielded
+    j = 0
+    while j < ty.count:
+        k = min(rows_per_group, ty.count - j)
+        p0 = j * s  # padded rows of this group's window: [p0, p1)
+        p1 = (j + k - 1) * s + tile
+        row_map = reflect_index(np.arange(p0, p1) - m, height)
+        lo, hi = int(row_map.min()), int(row_map.max()) + 1
+        opt, sar, valid = read(lo, hi)
+        sel = row_map - lo
+        opt = opt[:, sel][:, :, col_map]
+        sar = sar[:, sel][:, :, col_map]
+        valid = valid[sel][:, col_map]
+
+        acc = np.zeros((bands_out + 1, p1 - p0, tx.padded), dtype=np.float32)
+        if carry is not None:
+            acc[:, : carry.shape[1]] = carry
+
+        jobs = [(gy * s, int(x0)) for gy in range(k) for x0 in col_origins]
+        jobs = [(y0, x0) for y0, x0 in jobs if valid[y0 : y0 + tile, x0 : x0 + tile].any()]
+        for b0 in range(0, len(jobs), max(1, batch)):
+            chunk = jobs[b0 : b0 + max(1, batch)]
+            ob = np.stack([opt[:, y0 : y0 + tile, x0 : x0 + tile] for y0, x0 in chunk])
+            sb = np.stack([sar[:, y0 : y0 + tile, x0 : x0 + tile] for y0, x0 in chunk])
+            out = np.asarray(run(ob, sb), dtype=np.float32)
+            if out.shape != (len(chunk), bands_out, tile, tile):
+                raise RuntimeError(
+                    f"backend returned shape {out.shape}, expected {(len(chunk), bands_out, tile, tile)}"
+                )
+            for (y0, x0), o in zip(chunk, out, strict=True):
+                acc[:bands_out, y0 : y0 + tile, x0 : x0 + tile] += o * weight
+                acc[bands_out, y0 : y0 + tile, x0 : x0 + tile] += weight
+
+        last = j + k == ty.count
+        done_p = p1 if last else (j + k) * s  # padded rows < done_p are final
+        carry = None if last else acc[:, done_p - p0 :].copy()
+        r_end = min(height, done_p - m)
+        if r_end > next_row:
+            a = acc[:, next_row + m - p0 : r_end + m - p0, tx.margin : tx.margin + width]
+            wsum = a[bands_out]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                pred = np.where(wsum > 0, a[:bands_out] / wsum, np.float32(0.0)).astype(np.float32)
+            yield next_row, r_end, pred
+            next_row = r_end
+        j += k
+    if next_row != height:  # pragma: no cover - arithmetic guard
+        raise RuntimeError(f"tiling covered rows [0, {next_row}) of {height}")
+
+
+def blend_array(
+    optical: np.ndarray,
+    sar: np.ndarray,
+    run: BatchRunner,
+    tile: int,
+    overlap: int,
+    batch: int = 4,
+    valid: np.ndarray | None = None,
+) -> np.ndarray:
+    """In-memory convenience around :func:`blend_rows`: normalized (13, H, W), (2, H, W) -> (13, H, W)."""
+    h, w = optical.shape[-2:]
+    if valid is None:
+        valid = np.ones((h, w), dtype=bool)
+    out = np.empty((optical.shape[0], h, w), dtype=np.float32)
+
+    def read(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return optical[:, r0:r1], sar[:, r0:r1], valid[r0:r1]
+
+    for r0, r1, pred in blend_rows(read, run, h, w, tile, overlap, batch, bands_out=optical.shape[0]):
+        out[:, r0:r1] = pred
+    return out
