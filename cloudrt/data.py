@@ -95,6 +95,13 @@ def find_samples(root: str | Path) -> list[Sample]:
     root = Path(root)
     layout = detect_layout(root)
     samples = _find_flat(root) if layout == "flat" else _find_official(root)
+    if not samples and layout == "official":
+        flat = sorted(str(d) for d in root.iterdir() if d.is_dir() and detect_layout(d) == "flat")
+        if flat:
+            raise InputError(
+                f"{str(root)!r} holds sample folders {', '.join(flat)}, not patches; "
+                "pass one of them as the data folder."
+            )
     if not samples:
         raise InputError(
             f"no Sentinel-2 patches found under {str(root)!r}; expected either s2/ and s2_cloudy/ folders of "
@@ -133,7 +140,9 @@ def _find_official(root: Path) -> list[Sample]:
     paths: dict[tuple[str, str, str], dict[str, Path]] = {}
     for f in root.rglob("ROIs*_p*.tif*"):
         m = _OFFICIAL_RE.match(f.name)
-        if not m or not f.is_file():
+        # files directly in s1/, s2/, s2_cloudy/ ... belong to a flat layout (where s2_cloudy/ may hold
+        # *_s2_* names, as in s2-pairs): never mix them into the official index
+        if not m or f.parent.name.lower() in FLAT_DIRS or not f.is_file():
             continue
         region, kind, scene, patch = m.group(1), m.group(2).lower(), m.group(3), m.group(4)
         paths.setdefault((region, scene, patch), {})[kind] = f
@@ -148,11 +157,15 @@ def _find_official(root: Path) -> list[Sample]:
 
 # ------------------------------------------------------------------------------------------- reading
 def _read(path: Path) -> np.ndarray:
+    import warnings
+
     import rasterio
 
     try:
-        with rasterio.open(path) as ds:
-            return ds.read()
+        with warnings.catch_warnings():  # oriolac_* patches carry no georeferencing; that is fine here
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                return ds.read()
     except rasterio.errors.RasterioIOError as e:
         raise InputError(f"cannot read {str(path)!r} ({e}); replace the file or remove the patch.") from e
 
@@ -284,7 +297,8 @@ def synthetic_cloud_alpha(
     """Cloud opacity in [0, 1], (H, W) float32: fractal noise thresholded into a soft alpha.
 
     ``coverage`` (fraction of pixels with alpha > 0; random in [0.1, 0.8] if None) sets the threshold as a
-    noise quantile; ``softness`` the width of the smoothstep edge in noise units; ``opacity`` the peak
+    noise quantile; ``softness`` the width of the smoothstep edge in noise units (at most half the noise
+    range above the threshold, so every cloud has an opaque core); ``opacity`` the peak
     alpha of the thick cloud (random in [0.85, 1] if None); ``haze`` (random in [0, 0.25] with probability
     0.5 if None, else that opacity) adds thin haze everywhere, modulated by a second smooth noise field.
     """
@@ -297,7 +311,8 @@ def synthetic_cloud_alpha(
     alpha = np.zeros((h, w), dtype=np.float32)
     if coverage > 0:
         thr = float(np.quantile(noise, 1.0 - min(coverage, 1.0)))
-        t = np.clip((noise - thr) / max(softness, 1e-6), 0.0, 1.0)
+        width = max(min(softness, 0.5 * (float(noise.max()) - thr)), 1e-6)  # the core always goes opaque
+        t = np.clip((noise - thr) / width, 0.0, 1.0)
         alpha = (t * t * (3.0 - 2.0 * t)).astype(np.float32)  # smoothstep: soft cloud edges
         if coverage >= 1.0:
             alpha = np.maximum(alpha, np.float32(0.5))

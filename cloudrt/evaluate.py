@@ -167,11 +167,12 @@ def evaluate(
                 raise ModelError(f"the model returned {p.shape} for input {o.shape}; expected the same shape.")
             target = normalize_optical(raw["s2"])
             frac, src = _cloud_fraction(raw, mask_method)
+            ident = all_metrics(o, target, ssim_padding)
             row: dict[str, Any] = {
                 "name": s.name, "region": s.region, "scene": s.scene, "patch": s.patch,
                 "cloud_cover": frac, "cloud_cover_source": src, "cloud_cover_bin": cloud_cover_bin(frac),
-                "model": all_metrics(p, target, ssim_padding),
-                "identity": all_metrics(o, target, ssim_padding),
+                "model": dict(ident) if np.array_equal(p, o) else all_metrics(p, target, ssim_padding),
+                "identity": ident,
             }
             if "reference" in raw:
                 row["reference"] = all_metrics(normalize_optical(raw["reference"]), target, ssim_padding)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,7 +115,6 @@ def match_grids(optical: Any, sar: Any, align: bool = False) -> Any:
     Without ``align``, S1 must have exactly the S2 grid (size, CRS, transform). With ``align``, S1 is
     reprojected onto the S2 grid on the fly (bilinear; areas outside S1 become NaN, i.e. invalid).
     """
-    rasterio = _rasterio()
     geo_o, geo_s = is_georeferenced(optical), is_georeferenced(sar)
     if not geo_o and not geo_s:
         if (optical.width, optical.height) != (sar.width, sar.height):
@@ -160,6 +159,14 @@ def match_grids(optical: Any, sar: Any, align: bool = False) -> Any:
         resampling=Resampling.bilinear, dtype="float32", nodata=float("nan"),
         src_nodata=sar.nodata,
     )
+
+
+def open_writer(path: str | os.PathLike, profile: dict[str, Any]) -> Any:
+    """``rasterio.open(path, "w", **profile)`` without the warning for rasters that have no georeferencing."""
+    rasterio = _rasterio()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        return rasterio.open(path, "w", **profile)
 
 
 def read_rows(ds: Any, r0: int, r1: int) -> np.ndarray:
@@ -223,12 +230,11 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     """Yield a temporary path next to ``path``; on success rename it to ``path``, on any failure or
     interruption (including KeyboardInterrupt) delete it. ``path`` never holds partial content."""
     p = check_output_path(path, overwrite)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".partial", dir=p.parent)
+    tmp_path = p.parent / f".{p.name}.{secrets.token_hex(4)}.partial"
+    try:  # O_EXCL: never clobber; mode 0o666 minus the umask, like a normally created file
+        os.close(os.open(tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     except OSError as e:
         raise InputError(f"cannot write in {p.parent} ({e.strerror}); choose a writable output path.") from e
-    os.close(fd)
-    tmp_path = Path(tmp)
     try:
         yield tmp_path
         if p.exists() and not overwrite:  # appeared while we were working (another process)
@@ -245,13 +251,12 @@ def write_raster(
     descriptions: tuple[str, ...] | None = None, overwrite: bool = False,
 ) -> Path:
     """Write a small (C, H, W) array atomically as a tiled compressed GeoTIFF on the grid of ``like``."""
-    rasterio = _rasterio()
     data = np.asarray(data)
     if data.ndim == 2:
         data = data[None]
     profile = output_profile(like, data.shape[0], data.dtype.name, nodata)
     with atomic_output(path, overwrite) as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
+        with open_writer(tmp, profile) as dst:
             dst.write(data)
             if descriptions:
                 for i, d in enumerate(descriptions, 1):

@@ -5,10 +5,11 @@ model's tile size ``T`` with stride ``S = T - overlap``. The scene is reflect-pa
 on every side, so that each scene pixel, even on the scene border, lies in the full-weight core of at
 least one tile, never only on a tile's outer edge.
 
-Every tile's prediction is weighted by a separable window that is 1 in the core and ramps linearly over
-``overlap`` pixels to ``0.5 / overlap`` at the tile edge (:func:`ramp`). With stride ``T - overlap`` the
-ramps of neighbouring tiles sum to exactly 1 (a partition of unity), so blending is a weighted average
-without visible seams; the accumulated weight is still divided out, so skipped tiles (all nodata) and
+Every tile's prediction is weighted by a separable window that is 1 in the core and falls over
+``overlap`` pixels to nearly 0 at the tile edge along a raised-sine ramp (:func:`ramp`). With stride
+``T - overlap`` the ramps of neighbouring tiles sum to exactly 1 (a partition of unity), so blending is a
+smooth weighted average without visible seams, and tile-edge pixels (where the model's receptive field is
+cut off) hardly count; the accumulated weight is still divided out, so skipped tiles (all nodata) and
 the scene borders normalize correctly.
 
 :func:`blend_rows` streams: it reads the scene by groups of tile rows, batches the tiles for the backend,
@@ -88,13 +89,20 @@ def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
 
 
 def ramp(tile: int, overlap: int) -> np.ndarray:
-    """1-D blending window (float32, length ``tile``): ``(k + 0.5) / overlap`` over the first and last
-    ``overlap`` pixels, 1 in between. Shifted copies at stride ``tile - overlap`` sum to 1."""
+    """1-D blending window (float32, length ``tile``): a raised-sine ramp ``sin^2(pi/2 * (k + 0.5) / overlap)``
+    over the first ``overlap`` pixels (mirrored over the last ``overlap``), 1 in between.
+
+    ``f(k) + f(overlap - 1 - k) = 1``, so shifted copies at stride ``tile - overlap`` sum to exactly 1, the
+    blend is smooth (no kink at the ramp ends), and a tile's outermost pixel, where a model is least
+    accurate (its receptive field is cut by the tile edge), gets only ``sin^2(pi / (4 overlap))``
+    (6e-4 for overlap 32) of the weight.
+    """
     w = np.ones(tile, dtype=np.float64)
     if overlap > 0:
-        k = np.arange(tile, dtype=np.float64)
-        w = np.minimum(w, (k + 0.5) / overlap)
-        w = np.minimum(w, (tile - k - 0.5) / overlap)
+        k = np.arange(overlap, dtype=np.float64)
+        up = np.sin(0.5 * np.pi * (k + 0.5) / overlap) ** 2
+        w[:overlap] = np.minimum(w[:overlap], up)
+        w[tile - overlap :] = np.minimum(w[tile - overlap :], up[::-1])
     return w.astype(np.float32)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
 
 from cloudrt import data as D
 from cloudrt.errors import InputError
@@ -17,8 +18,9 @@ from cloudrt.preprocess import normalize_optical, normalize_sar
 
 def _write_tif(path: Path, arr: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    geo = {"crs": "EPSG:32632", "transform": Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0)}
     with rasterio.open(path, "w", driver="GTiff", width=arr.shape[2], height=arr.shape[1], count=arr.shape[0],
-                       dtype=arr.dtype) as ds:
+                       dtype=arr.dtype, **geo) as ds:
         ds.write(arr)
 
 
@@ -114,6 +116,17 @@ def test_bad_folders(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no Sentinel-2 patches"):
         D.find_samples(tmp_path / "empty")
+
+
+def test_parent_of_flat_folders_is_not_read_as_official(tmp_path: Path) -> None:
+    # s2-pairs style names (*_s2_*) inside s2_cloudy/ must not be taken for official clear-S2 files
+    a = np.full((13, 16, 16), 100, np.uint16)
+    for kind in ("s2", "s2_cloudy"):
+        _write_tif(tmp_path / "pairs" / kind / "ROIs1158_spring_s2_26_p100.tif", a)
+    with pytest.raises(InputError, match="pass one of them"):
+        D.find_samples(tmp_path)
+    (s,) = D.find_samples(tmp_path / "pairs")
+    assert s.s2.parent.name == "s2" and s.s2_cloudy.parent.name == "s2_cloudy"
 
 
 def test_load_sample_grid_mismatch(tmp_path: Path) -> None:
@@ -260,7 +273,8 @@ def test_crop_center_without_augment_and_bad_crops(flat_tree: Path) -> None:
 
     samples = D.find_samples(flat_tree)
     item = PatchDataset(samples, crop=16)[2]
-    np.testing.assert_array_equal(item["target"].numpy(), normalize_optical(D.load_sample(samples[2])["s2"])[:, 8:24, 8:24])
+    full = normalize_optical(D.load_sample(samples[2])["s2"])
+    np.testing.assert_array_equal(item["target"].numpy(), full[:, 8:24, 8:24])
     with pytest.raises(InputError, match="multiple of 16"):
         PatchDataset(samples, crop=24)
     with pytest.raises(InputError, match="larger than"):

@@ -84,3 +84,19 @@ def test_cli_train_rejects_missing_data(tmp_path, capsys):
     rc = main(["train", "--data", str(tmp_path / "nope"), "-o", str(tmp_path / "o")])
     assert rc == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_distributed_data_parallel_two_processes_on_cpu(samples_dir, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo on CPU): the documented multi-process command works."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "cloudrt.train", "--data", str(samples_dir), "-o", str(out), "--preset", "carf-tiny",
+           "--split", "all", "--max-steps", "2", "--batch", "1", "--crop", "64", "--device", "cpu",
+           "--override", "channels=16"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta = read_meta(out / "final")
+    assert meta["train"]["world_size"] == 2 and meta["steps"] == 2

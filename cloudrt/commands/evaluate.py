@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_cmd(
         data: Path = typer.Option(..., "--data", help="SEN12MS-CR root (official tree) or a flat "
-                                  "s1/ s2/ s2_cloudy/ [cloudmask/ reference/] folder."),
+                                  "folder of s1/, s2/, s2_cloudy/ and optional cloudmask/, reference/."),
         weights: Path | None = typer.Option(None, "--weights", help="Checkpoint NAME.safetensors "
                                             "(+ NAME.json); default: the shipped demo model."),
         as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON on stdout."),

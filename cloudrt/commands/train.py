@@ -56,5 +56,8 @@ def register(app: typer.Typer) -> None:
             cloud_weighting=not no_cloud_weighting, save_every=save_every, max_steps=max_steps or None,
             max_minutes=max_minutes or None, amp=amp, schedule=schedule, overrides=overrides,
         )
+        import os
+
         final = train(cfg)
-        typer.echo(f"saved {final}")
+        if os.environ.get("RANK", "0") == "0":
+            typer.echo(f"saved {final}")

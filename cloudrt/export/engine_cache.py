@@ -7,8 +7,10 @@ precision and the batch profile::
     <cache_dir()>/engines/<onnx sha256[:16]>/trt<10.3.0>-sm<87>-<fp16>-b<1-4-8>.engine
     <same>.engine.json                                  # the sidecar
 
-The sidecar (JSON) records what the engine was built from and for: TensorRT version, GPU name and
-compute capability, cloudrt version, ONNX sha256, profile, precision, and the command that rebuilds it.
+The sidecar (JSON) records what the engine was built from and for: TensorRT version (``trt_version``),
+GPU name and compute capability, cloudrt version, ONNX sha256, profile, precision, and the command that
+rebuilds it. The runtime (:mod:`cloudrt.runtime.tensorrt_backend`) reads the same file and refuses engines
+built for another TensorRT version or GPU with its ``check_engine_compat``.
 """
 
 from __future__ import annotations
@@ -196,8 +198,9 @@ def make_sidecar(
     meta = onnx_metadata or {}
     return {
         "format": SIDECAR_FORMAT,
-        "tensorrt_version": normalize_trt_version(trt_version),
-        "tensorrt_version_full": str(trt_version),
+        "engine": os.fspath(Path(engine_path).resolve()),
+        "trt_version": normalize_trt_version(trt_version),
+        "trt_version_full": str(trt_version),
         "gpu_name": gpu_name,
         "compute_capability": normalize_compute_capability(compute_capability),
         "cloudrt_version": __version__,
@@ -235,7 +238,7 @@ def read_sidecar(engine_path: str | os.PathLike) -> dict[str, Any]:
         data = json.loads(sp.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelError(f"engine sidecar {sp} is not valid JSON ({e}); rebuild the engine.") from e
-    keys = ("tensorrt_version", "compute_capability", "onnx_sha256", "precision")
+    keys = ("trt_version", "compute_capability", "onnx_sha256", "precision")
     missing = [k for k in keys if k not in data] if isinstance(data, dict) else list(keys)
     if missing or data.get("format") != SIDECAR_FORMAT:
         raise ModelError(f"{sp} is not a {SIDECAR_FORMAT} sidecar (missing {missing}); rebuild the engine.")

@@ -14,6 +14,7 @@ trailing Cast so the output stays the FP32 result of the FP32 add. Tests check t
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -63,10 +64,12 @@ def convert_fp16(model: Any, *, extra_fp32_ops: Iterable[str] = (), extra_fp32_n
     block_ops = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP32_OPS) | set(extra_fp32_ops))
     block_nodes = [residual, *extra_fp32_nodes]
     out_types = {o.name: o.type.tensor_type.elem_type for o in src.graph.output}
-    m16 = float16.convert_float_to_float16(
-        src, keep_io_types=True, op_block_list=block_ops, node_block_list=block_nodes,
-        min_positive_val=1e-7, max_finite_val=1e4,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "the float32 number ... will be truncated" per weight
+        m16 = float16.convert_float_to_float16(
+            src, keep_io_types=True, op_block_list=block_ops, node_block_list=block_nodes,
+            min_positive_val=1e-7, max_finite_val=1e4,
+        )
     _restore_fp32_outputs(m16, out_types)
     props = {p.key: p.value for p in m16.metadata_props}
     props["precision"] = "fp16"

@@ -145,7 +145,7 @@ def export_onnx(
     buf = io.BytesIO()
     try:
         with torch.no_grad():
-            reference = model(optical, sar).float().cpu().numpy()
+            reference = model(optical, sar).float().cpu().numpy() if verify else None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TracerWarnings on the static shapes, exporter deprecation
                 torch.onnx.export(

@@ -25,14 +25,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from cloudrt.errors import BackendUnavailableError, EngineMismatchError, InputError, ModelError
+from cloudrt.errors import BackendUnavailableError, InputError, ModelError
 from cloudrt.export.engine_cache import (
     DEFAULT_ENGINE_BATCH,
     atomic_write_bytes,
     engine_cache_path,
     file_sha256,
     make_sidecar,
-    normalize_compute_capability,
     normalize_trt_version,
     parse_batch,
     read_sidecar,
@@ -66,10 +65,14 @@ def require_tensorrt() -> ModuleType:
     """Import ``tensorrt`` (10+) or raise :class:`BackendUnavailableError` with one clear line."""
     try:
         import tensorrt as trt
-    except (ImportError, OSError) as e:
+    except ImportError as e:
         raise BackendUnavailableError(
             "--format engine needs TensorRT 10 or newer and an NVIDIA GPU, and TensorRT is not installed "
-            f"here ({type(e).__name__}); install it where the GPU is (pip install 'cloudrt[tensorrt]') or "
+            "here; install it where the GPU is (pip install 'cloudrt[tensorrt]') or use --format onnx."
+        ) from e
+    except OSError as e:  # the wheel is there but libnvinfer / CUDA libraries do not load
+        raise BackendUnavailableError(
+            f"TensorRT is installed but its libraries do not load ({e}); fix the CUDA/TensorRT install or "
             "use --format onnx."
         ) from e
     ver = _ver_tuple(getattr(trt, "__version__", "0"))
@@ -196,35 +199,12 @@ def _activate_device(index: int) -> None:
 def check_engine_compat(sidecar: dict[str, Any], trt_version: str, compute_capability: str) -> None:
     """Raise :class:`EngineMismatchError` unless the engine suits this TensorRT and GPU.
 
-    The runtime's implementation (``cloudrt.runtime.tensorrt_backend.check_engine_compat``) is the one
-    used when present, so export and runtime refuse engines by the same rule.
+    The runtime's rule (``cloudrt.runtime.tensorrt_backend.check_engine_compat``), so export and runtime
+    refuse engines identically.
     """
-    try:
-        from cloudrt.runtime.tensorrt_backend import check_engine_compat as runtime_check
-    except ImportError:
-        runtime_check = None
-    if runtime_check is not None:
-        runtime_check(sidecar, trt_version, compute_capability)
-        return
-    _local_check_engine_compat(sidecar, trt_version, compute_capability)
+    from cloudrt.runtime.tensorrt_backend import check_engine_compat as runtime_check
 
-
-def _local_check_engine_compat(sidecar: dict[str, Any], trt_version: str, compute_capability: str) -> None:
-    want_trt = normalize_trt_version(trt_version)
-    want_cc = normalize_compute_capability(compute_capability)
-    got_trt = normalize_trt_version(str(sidecar.get("tensorrt_version", "0")))
-    got_cc = normalize_compute_capability(str(sidecar.get("compute_capability", "0.0")))
-    fix = sidecar.get("rebuild_command") or "cloudrt export MODEL.onnx --format engine -o ENGINE"
-    if got_trt != want_trt:
-        raise EngineMismatchError(
-            f"engine was built with TensorRT {got_trt} but TensorRT {want_trt} is installed; rebuild it "
-            f"here with: {fix}"
-        )
-    if got_cc != want_cc:
-        raise EngineMismatchError(
-            f"engine was built for a GPU of compute capability {got_cc} "
-            f"({sidecar.get('gpu_name', 'unknown GPU')}) but this GPU is {want_cc}; rebuild it here with: {fix}"
-        )
+    runtime_check(sidecar, trt_version, compute_capability)
 
 
 def check_engine(engine_path: str | os.PathLike, device: int | str = 0) -> dict[str, Any]:

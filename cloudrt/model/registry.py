@@ -14,7 +14,7 @@ _BASE: dict[str, Any] = {
 # depth, J RDBs per fusion module (J-1 Swin blocks), N stages, heads, window, IRN width.
 PRESETS: dict[str, dict[str, Any]] = {
     # Small and fast: tests and CPUs. Feature map is H/4; size divisor 32.
-    "carf-tiny": dict(scale=4, channels=32, growth=16, rdb_layers=3, num_rdb=2, num_stages=2,
+    "carf-tiny": dict(scale=4, channels=32, growth=16, rdb_layers=2, num_rdb=3, num_stages=2,
                       heads=2, window=8, irn_channels=16),
     # The shipped demo model: trainable on a CPU in under an hour, deployable at the edge.
     "carf-small": dict(scale=4, channels=48, growth=24, rdb_layers=3, num_rdb=3, num_stages=3,

@@ -158,6 +158,7 @@ class OnnxRuntimeBackend(Backend):
                 )
             tile = static[0]
         self.tile = tile
+        self.size_divisor = metadata_int(self.metadata, "size_divisor") or 1
         self.fixed_batch = oshape[0] if isinstance(oshape[0], int) else None
         self._in_types = {n: (np.float16 if ins[n].type == "tensor(float16)" else np.float32) for n in ins}
 

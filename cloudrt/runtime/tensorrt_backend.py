@@ -41,9 +41,9 @@ def _cc_str(cc: Any) -> str:
 
 
 def _trt_release(v: Any) -> str:
-    """major.minor.patch of a TensorRT version string ("10.3.0.26" -> "10.3.0")."""
-    parts = str(v).strip().split(".")
-    return ".".join(parts[:3])
+    """major.minor.patch of a TensorRT version string ("10.3.0.26" -> "10.3.0", "10.3" -> "10.3.0")."""
+    nums = re.findall(r"\d+", str(v).split("+")[0].split("post")[0])
+    return ".".join((nums + ["0", "0", "0"])[:3]) if nums else str(v)
 
 
 def check_engine_compat(sidecar: dict, trt_version: str, compute_capability: str) -> None:
@@ -54,7 +54,7 @@ def check_engine_compat(sidecar: dict, trt_version: str, compute_capability: str
     a different GPU model of the same SM is accepted. Pure function: no TensorRT needed.
     """
     path = sidecar.get("engine") or sidecar.get("path") or "ENGINE.engine"
-    fix = f"rebuild it here: `{REBUILD.format(path=path)}`."
+    fix = f"rebuild it here: `{sidecar.get('rebuild_command') or REBUILD.format(path=path)}`."
     built_trt = sidecar.get("trt_version")
     built_cc = sidecar.get("compute_capability")
     gpu = sidecar.get("gpu_name") or "another GPU"
@@ -109,7 +109,12 @@ def import_trt() -> Any:
 def local_environment(device_id: int = 0) -> tuple[str, str]:
     """(TensorRT version, compute capability of GPU ``device_id``) on this machine."""
     trt = import_trt()
-    return str(trt.__version__), _Cuda(device_id).compute_capability()
+    try:  # the exporter's driver query (ctypes on libcuda): needs no cuda-python or torch
+        from cloudrt.export.tensorrt import gpu_info
+
+        return str(trt.__version__), str(gpu_info(device_id).compute_capability)
+    except ImportError:
+        return str(trt.__version__), _Cuda(device_id).compute_capability()
 
 
 class _Cuda:

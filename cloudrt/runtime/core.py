@@ -1,0 +1,248 @@
+"""The :class:`Runtime`: load a model once, predict arrays or whole GeoTIFF scenes, thread-safe."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from cloudrt.errors import InputError
+from cloudrt.preprocess import S2_BANDS, check_optical, check_sar
+from cloudrt.runtime.backends import load_backend
+from cloudrt.runtime.base import Backend
+from cloudrt.runtime.scene import (
+    DEFAULT_FEATHER,
+    ArraySink,
+    ArraySource,
+    Progress,
+    RasterSink,
+    RasterSource,
+    check_has_valid,
+    open_scene,
+    run_scene,
+)
+
+log = logging.getLogger("cloudrt.runtime")
+
+
+def default_overlap(tile: int, size_divisor: int = 1) -> int:
+    """Default tile overlap: about an eighth of the tile (32 px for 256), at most half a tile, rounded up to
+    a multiple of the model's size divisor when one fits.
+
+    A multiple keeps every tile origin on the same phase of the model's internal grid (CARF's pixel-unshuffle
+    and Swin windows repeat every ``size_divisor`` pixels), so overlapping tiles see the content identically
+    aligned and blend without phase artefacts.
+    """
+    base = max(8, tile // 8)
+    d = max(1, int(size_divisor))
+    aligned = min(-(-base // d) * d, (tile // 2) // d * d)
+    return int(aligned if aligned > 0 else min(tile // 2, base))
+
+
+class Runtime:
+    """Cloud removal on whole scenes with a deployed model (no torch needed).
+
+    ``model``: an ONNX file, a TensorRT engine (``.engine``/``.plan``), a ``.safetensors`` checkpoint or a
+    torch module (torch backend), or None for the shipped default (:data:`cloudrt.paths.DEFAULT_ONNX`).
+    ``backend``: ``auto`` (fastest available; see :attr:`backend_name`), ``tensorrt``, ``onnxruntime``,
+    ``cuda``, ``cpu`` or ``torch``. ``tile`` (default: the model's), ``overlap`` (default
+    :func:`default_overlap`), ``batch`` (tiles per backend call). ``mask_method``: ``paper`` or
+    ``sen12mscr`` (:func:`cloudrt.mask.cloud_mask`); ``feather``: compositing edge width in pixels.
+
+    One instance may be shared by several threads: :meth:`predict` keeps no state between calls.
+    """
+
+    def __init__(self, model: Any = None, backend: str = "auto", device: str | None = None,
+                 tile: int | None = None, overlap: int | None = None, batch: int | None = None,
+                 mask_method: str = "paper", feather: int = DEFAULT_FEATHER) -> None:
+        from cloudrt.mask import METHODS
+
+        if mask_method not in METHODS:
+            raise InputError(f"unknown cloud-mask method {mask_method!r}; use one of {', '.join(METHODS)}.")
+        if tile is not None and tile < 1:
+            raise InputError(f"tile must be a positive number of pixels, got {tile}; pass e.g. --tile 256.")
+        if batch is not None and batch < 1:
+            raise InputError(f"batch must be >= 1, got {batch}; pass e.g. --batch 4.")
+        if feather < 0:
+            raise InputError(f"feather must be >= 0 pixels, got {feather}.")
+        self.backend: Backend = load_backend(model, backend, device, batch)
+        self.requested_backend = backend
+        self.tile = self.backend.resolve_tile(tile)
+        div = self.backend.size_divisor
+        self.overlap = default_overlap(self.tile, div) if overlap is None else int(overlap)
+        if not 0 <= self.overlap <= self.tile // 2:
+            raise InputError(
+                f"overlap {self.overlap} is outside [0, {self.tile // 2}] for tile {self.tile}; "
+                f"pass --overlap {default_overlap(self.tile, div)}."
+            )
+        if self.overlap % div:
+            log.warning("overlap %d is not a multiple of the model's size divisor %d; tiles will see the scene "
+                        "at different phases (default: %d)", self.overlap, div, default_overlap(self.tile, div))
+        cap = self.backend.fixed_batch or self.backend.max_batch
+        self.batch = int(batch or self.backend.default_batch)
+        if cap:
+            self.batch = min(self.batch, cap)
+        self.mask_method = mask_method
+        self.feather = int(feather)
+        log.info("cloudrt runtime: %s", self.describe())
+
+    # -- introspection -------------------------------------------------------------------------------
+    @property
+    def backend_name(self) -> str:
+        """``name (provider)`` of the backend in use, e.g. ``onnxruntime (CPUExecutionProvider)``."""
+        return self.backend.describe()
+
+    def describe(self) -> str:
+        path = getattr(self.backend, "path", None)
+        model = f"{path}" if path is not None else self.backend.metadata.get("preset", "module")
+        how = "auto-selected" if self.requested_backend == "auto" else "requested"
+        return (f"backend {self.backend_name} ({how}), model {model}, tile {self.tile}, overlap {self.overlap}, "
+                f"batch {self.batch}")
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- arrays --------------------------------------------------------------------------------------
+    def cloud_mask(self, optical_dn: np.ndarray, method: str | None = None) -> np.ndarray:
+        """Cloud mask (H, W) bool of a (13, H, W) DN scene (:func:`cloudrt.mask.cloud_mask`)."""
+        from cloudrt.mask import cloud_mask
+
+        return cloud_mask(np.asarray(optical_dn), method=method or self.mask_method)
+
+    def predict(self, optical_dn: np.ndarray, sar_db: np.ndarray, *, mask: np.ndarray | None = None,
+                composite: bool = True, nodata: float | None = None, sar_nodata: float | None = None,
+                progress: Progress | None = None) -> np.ndarray:
+        """Cloud-free (13, H, W) float32 DN from optical (13, H, W) DN and SAR (2, H, W) dB, any H and W.
+
+        ``mask``: a (H, W) cloud mask to composite with (default: computed with ``mask_method``);
+        ``composite=False`` returns the raw (blended) model output everywhere. Pixels that are NaN/inf or
+        ``nodata`` in the optical input come back as ``nodata`` (NaN when ``nodata`` is None).
+        """
+        optical_dn, sar_db = np.asarray(optical_dn), np.asarray(sar_db)
+        check_optical(optical_dn)
+        check_sar(sar_db)
+        if optical_dn.shape[1:] != sar_db.shape[1:]:
+            raise InputError(
+                f"optical {optical_dn.shape[1:]} and SAR {sar_db.shape[1:]} differ in size; pass co-registered "
+                "arrays on one grid."
+            )
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.shape != optical_dn.shape[1:]:
+                raise InputError(f"mask has shape {mask.shape}; expected {optical_dn.shape[1:]} (H, W).")
+        src = ArraySource(optical_dn, sar_db, nodata, sar_nodata, mask)
+        check_has_valid(src)
+        sink = ArraySink(len(S2_BANDS), src.height, src.width, nodata, want_mask=False)
+        self._run(src, sink, composite=composite, want_mask=False, progress=progress)
+        return sink.out
+
+    # -- files ---------------------------------------------------------------------------------------
+    def predict_file(self, optical: str | os.PathLike, sar: str | os.PathLike, output: str | os.PathLike, *,
+                     mask_out: str | os.PathLike | None = None, composite: bool = True, align: bool = False,
+                     overwrite: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+        """Stream an S2/S1 GeoTIFF pair into ``output`` (and the cloud mask into ``mask_out``)."""
+        from cloudrt.io import check_output_path
+
+        for p in (output, mask_out):
+            if p is not None:
+                check_output_path(p, overwrite, inputs=(optical, sar))
+        with open_scene(optical, sar, align=align) as src:
+            return self.predict_source(src, output, mask_out=mask_out, composite=composite,
+                                       overwrite=overwrite, progress=progress)
+
+    def predict_source(self, src: RasterSource, output: str | os.PathLike | None, *,
+                       mask_out: str | os.PathLike | None = None, composite: bool = True,
+                       overwrite: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+        """Like :meth:`predict_file` for an already opened and validated :class:`RasterSource`."""
+        import contextlib
+
+        from cloudrt._version import __version__
+        from cloudrt.io import atomic_output, band_descriptions, open_writer, output_profile
+
+        ods = src.ods
+        dtype = np.dtype(ods.dtypes[0])
+        nodata = ods.nodata
+        with contextlib.ExitStack() as stack:
+            dst = mdst = None
+            if output is not None:
+                tmp = stack.enter_context(atomic_output(output, overwrite))
+                dst = stack.enter_context(open_writer(tmp, output_profile(ods, len(S2_BANDS), dtype.name, nodata)))
+                for i, d in enumerate(band_descriptions(ods, S2_BANDS), 1):
+                    dst.set_band_description(i, d)
+                tags = dict(ods.tags())
+                tags.update(cloudrt_version=__version__, cloudrt_backend=self.backend_name,
+                            cloudrt_model=str(getattr(self.backend, "path", "module")),
+                            cloudrt_composite=str(composite), cloudrt_mask_method=self.mask_method)
+                dst.update_tags(**tags)
+            if mask_out is not None:
+                mtmp = stack.enter_context(atomic_output(mask_out, overwrite))
+                mdst = stack.enter_context(open_writer(mtmp, output_profile(ods, 1, "uint8", 255)))
+                mdst.set_band_description(1, f"cloud mask ({self.mask_method}): 0 clear, 1 cloud, 255 nodata")
+            sink = RasterSink(dst, mdst, dtype, nodata)
+            stats = self._run(src, sink, composite=composite, want_mask=mdst is not None, progress=progress)
+            # leaving the stack closes the writers, then renames the temporary files into place
+        return stats
+
+    # -- core ----------------------------------------------------------------------------------------
+    def _run(self, src: Any, sink: Any, *, composite: bool, want_mask: bool,
+             progress: Progress | None) -> dict[str, Any]:
+        return run_scene(src, self.backend.run, sink, tile=self.tile, overlap=self.overlap, batch=self.batch,
+                         composite=composite, mask_method=self.mask_method, feather=self.feather,
+                         want_mask=want_mask, progress=progress)
+
+
+def mask_file(optical: str | os.PathLike, output: str | os.PathLike, *, method: str = "paper",
+              shadow: bool = False, overwrite: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    """Write the cloud mask of an S2 GeoTIFF (uint8: 0 clear, 1 cloud, 2 shadow, 255 nodata), streamed."""
+    import contextlib
+
+    from cloudrt.io import atomic_output, check_output_path, open_optical, open_writer, output_profile
+    from cloudrt.mask import METHODS
+    from cloudrt.runtime.scene import mask_scene
+
+    if method not in METHODS:
+        raise InputError(f"unknown cloud-mask method {method!r}; use one of {', '.join(METHODS)}.")
+    check_output_path(output, overwrite, inputs=(optical,))
+    ods = open_optical(optical)
+    with contextlib.ExitStack() as stack:
+        stack.callback(ods.close)
+        src = _OpticalOnly(ods)
+        if not _has_valid_optical(src):
+            raise InputError(f"optical (S2) {ods.name} has no valid pixel (every pixel is NaN/inf or nodata); "
+                             "pass a scene with data.")
+        tmp = stack.enter_context(atomic_output(output, overwrite))
+        dst = stack.enter_context(open_writer(tmp, output_profile(ods, 1, "uint8", 255)))
+        legend = "0 clear, 1 cloud, 2 shadow, 255 nodata" if shadow else "0 clear, 1 cloud, 255 nodata"
+        dst.set_band_description(1, f"cloud mask ({method}): {legend}")
+        stats = mask_scene(src, RasterSink(None, dst, np.dtype(np.uint8), 255), method=method, shadow=shadow,
+                           progress=progress)
+    return stats
+
+
+class _OpticalOnly:
+    def __init__(self, ods: Any) -> None:
+        self.ods = ods
+        self.height, self.width, self.nodata = ods.height, ods.width, ods.nodata
+
+    def optical(self, r0: int, r1: int) -> np.ndarray:
+        from cloudrt.io import read_rows
+
+        return read_rows(self.ods, r0, r1)
+
+    def mask(self, r0: int, r1: int) -> None:
+        return None
+
+
+def _has_valid_optical(src: _OpticalOnly) -> bool:
+    from cloudrt.runtime.scene import _any_valid
+
+    return _any_valid(src.optical, src.height, src.nodata)
+

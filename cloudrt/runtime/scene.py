@@ -1,0 +1,378 @@
+"""Whole-scene processing: row-streamed sources and sinks, the per-scene cloud mask, feathered compositing.
+
+The pipeline (all NumPy; rasterio only for files):
+
+1. :func:`cloudrt.tiling.blend_rows` reads the scene by groups of tile rows, normalizes it (dataset
+   convention, :mod:`cloudrt.preprocess`), runs the backend on batches of tiles and yields finished,
+   blended rows of the prediction.
+2. Rows are collected into output blocks of :data:`cloudrt.io.BLOCK` rows. For each block the optical input
+   is re-read with a halo, the cloud mask is computed on it (the halo makes the windowed mask equal to the
+   whole-scene mask, including the sen12mscr method's filters), feathered by distance, and the prediction is
+   composited: ``out = a * pred + (1 - a) * input`` with ``a = 1`` on clouds falling linearly to 0 at
+   ``feather + 1`` pixels outside them, so clear pixels keep the input exactly.
+3. Blocks are written in order (whole rows of GeoTIFF tiles, so every tile is compressed once).
+
+Memory is ``O(width * (tile + block))``: independent of the number of rows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cloudrt.errors import InputError
+from cloudrt.preprocess import denormalize_optical, normalize_optical, normalize_sar, valid_mask
+from cloudrt.tiling import BatchRunner, blend_rows
+
+MASK_CLEAR, MASK_CLOUD, MASK_SHADOW, MASK_NODATA = 0, 1, 2, 255
+MASK_HALO = 8  # >= the reach of the sen12mscr mask filters (5x5 closing + 7x7 mean) and the 5x5 median
+DEFAULT_FEATHER = 8
+Progress = Callable[[int, int], None]
+
+
+class ArraySource:
+    """A scene held in memory: optical (13, H, W) DN, SAR (2, H, W) dB, optional given cloud mask."""
+
+    def __init__(self, optical: np.ndarray, sar: np.ndarray, nodata: float | None = None,
+                 sar_nodata: float | None = None, mask: np.ndarray | None = None, name: str = "optical") -> None:
+        self._o, self._s, self._m = optical, sar, mask
+        self.height, self.width = optical.shape[-2:]
+        self.nodata, self.sar_nodata = nodata, sar_nodata
+        self.dtype = optical.dtype
+        self.optical_name, self.sar_name = name, "SAR"
+
+    def optical(self, r0: int, r1: int) -> np.ndarray:
+        return self._o[:, r0:r1]
+
+    def sar(self, r0: int, r1: int) -> np.ndarray:
+        return self._s[:, r0:r1]
+
+    def mask(self, r0: int, r1: int) -> np.ndarray | None:
+        return None if self._m is None else np.asarray(self._m[r0:r1], dtype=bool)
+
+
+class RasterSource:
+    """A scene read from rasterio datasets by windows (SAR possibly a WarpedVRT onto the optical grid)."""
+
+    def __init__(self, optical_ds: Any, sar_ds: Any, sar_file_ds: Any | None = None) -> None:
+        self.ods, self.sds = optical_ds, sar_ds
+        self._sar_file = sar_file_ds
+        self.height, self.width = optical_ds.height, optical_ds.width
+        self.nodata = optical_ds.nodata
+        self.sar_nodata = sar_ds.nodata
+        self.dtype = np.dtype(optical_ds.dtypes[0])
+        self.optical_name = f"optical (S2) {optical_ds.name}"
+        self.sar_name = f"SAR (S1) {(sar_file_ds or sar_ds).name}"
+
+    def optical(self, r0: int, r1: int) -> np.ndarray:
+        from cloudrt.io import read_rows
+
+        return read_rows(self.ods, r0, r1)
+
+    def sar(self, r0: int, r1: int) -> np.ndarray:
+        from cloudrt.io import read_rows
+
+        return read_rows(self.sds, r0, r1)
+
+    def mask(self, r0: int, r1: int) -> None:
+        return None
+
+    def close(self) -> None:
+        for ds in (self.sds, self._sar_file, self.ods):
+            if ds is not None:
+                ds.close()
+
+    def __enter__(self) -> RasterSource:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_scene(optical: str | Path, sar: str | Path, align: bool = False) -> RasterSource:
+    """Open and validate an S2/S1 pair (bands, dtype, grids, any valid pixel); InputError otherwise."""
+    from cloudrt.io import match_grids, open_optical, open_sar
+
+    ods = open_optical(optical)
+    sds = None
+    try:
+        sds = open_sar(sar)
+        view = match_grids(ods, sds, align=align)
+        src = RasterSource(ods, view, sds if view is not sds else None)
+    except BaseException:
+        for ds in (sds, ods):
+            if ds is not None:
+                ds.close()
+        raise
+    try:
+        check_has_valid(src)
+    except BaseException:
+        src.close()
+        raise
+    return src
+
+
+def _any_valid(read: Callable[[int, int], np.ndarray], height: int, nodata: float | None) -> bool:
+    step = 256
+    for r0 in range(0, height, step):
+        if valid_mask(read(r0, min(height, r0 + step)), nodata).any():
+            return True
+    return False
+
+
+def check_has_valid(src: Any) -> None:
+    """InputError if the optical or the SAR scene has no valid pixel (stops at the first valid block)."""
+    for read, nodata, name in ((src.optical, src.nodata, src.optical_name),
+                               (src.sar, src.sar_nodata, src.sar_name)):
+        if not _any_valid(read, src.height, nodata):
+            nd = f" or nodata={nodata:g}" if nodata is not None else ""
+            raise InputError(
+                f"{name} has no valid pixel (every pixel is NaN/inf{nd}); pass a scene with data."
+            )
+
+
+def feather_alpha(cloud: np.ndarray, width: int) -> np.ndarray:
+    """Compositing weight (H, W) float32: 1 on cloud, ``1 - d / (width + 1)`` at distance ``d`` px outside,
+    0 from ``width + 1`` px on (Euclidean distance transform)."""
+    if not cloud.any():
+        return np.zeros(cloud.shape, dtype=np.float32)
+    if width <= 0:
+        return cloud.astype(np.float32)
+    from scipy import ndimage
+
+    d = ndimage.distance_transform_edt(~cloud)
+    return np.clip(1.0 - d / (width + 1.0), 0.0, 1.0).astype(np.float32)
+
+
+def cast_output(out: np.ndarray, valid: np.ndarray, dtype: np.dtype, nodata: float | None) -> np.ndarray:
+    """Float DN -> ``dtype`` (rounded and clipped for integers); invalid pixels get ``nodata`` (NaN for
+    float output without nodata); a valid pixel whose every band would equal ``nodata`` is nudged by 1 DN."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        res = out.astype(dtype)
+        res[:, ~valid] = np.nan if nodata is None else nodata
+        return res
+    info = np.iinfo(dtype)
+    res = np.nan_to_num(out, nan=0.0, copy=True)
+    np.rint(res, out=res)
+    np.clip(res, info.min, info.max, out=res)
+    res = res.astype(dtype)
+    if nodata is not None and info.min <= nodata <= info.max:
+        clash = valid & (res == nodata).all(axis=0)
+        if clash.any():
+            res[0][clash] = nodata + 1 if nodata < info.max else nodata - 1
+        res[:, ~valid] = nodata
+    return res
+
+
+class ArraySink:
+    """Collects the output in memory: float32 DN (invalid -> nodata, or NaN) and the uint8 mask."""
+
+    def __init__(self, bands: int, height: int, width: int, nodata: float | None, want_mask: bool) -> None:
+        self.out = np.empty((bands, height, width), dtype=np.float32)
+        self.mask = np.empty((height, width), dtype=np.uint8) if want_mask else None
+        self.nodata = nodata
+
+    def write(self, r0: int, r1: int, out: np.ndarray | None, valid: np.ndarray, mask: np.ndarray | None) -> None:
+        if out is not None:
+            self.out[:, r0:r1] = cast_output(out, valid, np.dtype(np.float32), self.nodata)
+        if self.mask is not None and mask is not None:
+            self.mask[r0:r1] = mask
+
+
+class RasterSink:
+    """Writes output blocks into open rasterio datasets (the image and, optionally, the mask)."""
+
+    def __init__(self, dst: Any | None, mask_dst: Any | None, dtype: np.dtype, nodata: float | None) -> None:
+        self.dst, self.mask_dst, self.dtype, self.nodata = dst, mask_dst, np.dtype(dtype), nodata
+
+    def write(self, r0: int, r1: int, out: np.ndarray | None, valid: np.ndarray, mask: np.ndarray | None) -> None:
+        from rasterio.windows import Window
+
+        win = Window(0, r0, valid.shape[1], r1 - r0)
+        if self.dst is not None and out is not None:
+            self.dst.write(cast_output(out, valid, self.dtype, self.nodata), window=win)
+        if self.mask_dst is not None and mask is not None:
+            self.mask_dst.write(mask[None], window=win)
+
+
+def _mask_window(src: Any, a: int, b: int, halo: int, method: str, feather: int | None,
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """For rows [a, b): (raw optical DN, valid, cloud bool, alpha or None), using a halo of ``halo`` rows."""
+    ha, hb = max(0, a - halo), min(src.height, b + halo)
+    raw = src.optical(ha, hb)
+    valid_h = valid_mask(raw, src.nodata)
+    given = src.mask(ha, hb)
+    if given is None:
+        from cloudrt.mask import cloud_mask
+
+        with np.errstate(invalid="ignore"):
+            cloud = cloud_mask(raw, method=method)
+    else:
+        cloud = given
+    cloud = cloud & valid_h
+    alpha = feather_alpha(cloud, feather) if feather is not None else None
+    sl = slice(a - ha, b - ha)
+    return raw[:, sl], valid_h[sl], cloud[sl], (alpha[sl] if alpha is not None else None)
+
+
+def run_scene(
+    src: Any,
+    run: BatchRunner,
+    sink: Any,
+    *,
+    tile: int,
+    overlap: int,
+    batch: int,
+    composite: bool = True,
+    mask_method: str = "paper",
+    feather: int = DEFAULT_FEATHER,
+    want_mask: bool = False,
+    block: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Predict the whole scene of ``src`` into ``sink`` by row blocks. Returns a small summary."""
+    from cloudrt.io import BLOCK
+
+    height, width = src.height, src.width
+    block = block or BLOCK
+    halo = max(feather, 0) + MASK_HALO
+    need_mask = composite or want_mask
+    stats = {"pixels": height * width, "valid": 0, "cloud": 0, "tiles": 0}
+    t0 = time.perf_counter()
+
+    def read_norm(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        o, s = src.optical(r0, r1), src.sar(r0, r1)
+        if o.shape[1:] != s.shape[1:]:
+            raise InputError(f"optical rows {o.shape[1:]} and SAR rows {s.shape[1:]} differ; use one grid.")
+        with np.errstate(invalid="ignore"):
+            return normalize_optical(o, src.nodata), normalize_sar(s, src.sar_nodata), valid_mask(o, src.nodata)
+
+    def counted_run(o: np.ndarray, s: np.ndarray) -> np.ndarray:
+        stats["tiles"] += o.shape[0]
+        return run(o, s)
+
+    pending: list[np.ndarray] = []
+    pending_rows = 0
+    written = 0
+
+    def flush(end: int) -> None:
+        nonlocal pending, pending_rows, written
+        n = end - written
+        cat = pending[0] if len(pending) == 1 else np.concatenate(pending, axis=1)
+        pred, rest = cat[:, :n], cat[:, n:]
+        pending, pending_rows = ([rest] if rest.shape[1] else []), rest.shape[1]
+        if need_mask:
+            raw, valid, cloud, alpha = _mask_window(src, written, end, halo, mask_method,
+                                                    feather if composite else None)
+        else:
+            raw = src.optical(written, end)
+            valid, cloud, alpha = valid_mask(raw, src.nodata), None, None
+        out = denormalize_optical(pred)
+        if composite and alpha is not None and alpha.any():
+            inp = raw.astype(np.float32)
+            # out = inp + a (pred - inp), in place: exactly the input where a == 0
+            out -= inp
+            out *= alpha
+            out += inp
+            del inp
+        elif composite:
+            out = raw.astype(np.float32)
+        mask_u8 = None
+        if want_mask and cloud is not None:
+            mask_u8 = np.where(valid, cloud.astype(np.uint8), np.uint8(MASK_NODATA)).astype(np.uint8)
+        stats["valid"] += int(valid.sum())
+        if cloud is not None:
+            stats["cloud"] += int(cloud.sum())
+        sink.write(written, end, out, valid, mask_u8)
+        written = end
+        if progress is not None:
+            progress(written, height)
+
+    for _r0, r1, pred in blend_rows(read_norm, counted_run, height, width, tile, overlap, batch):
+        pending.append(pred)
+        pending_rows += pred.shape[1]
+        while written < height and r1 >= min(written + block, height):
+            flush(min(written + block, height))
+    stats["seconds"] = time.perf_counter() - t0
+    stats["cloud_fraction"] = stats["cloud"] / max(1, stats["valid"])
+    return stats
+
+
+def mask_scene(src: Any, sink: Any, *, method: str = "paper", shadow: bool = False,
+               block: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Stream the cloud mask (and, with ``shadow``, the dark-pixel shadow mask) of ``src`` into ``sink``.
+
+    Mask values: 0 clear, 1 cloud, 2 cloud shadow (not cloud), 255 nodata. The shadow thresholds are scene
+    statistics (:func:`cloudrt.mask.shadow_mask`), gathered in a first streaming pass over valid pixels.
+    """
+    from cloudrt.io import BLOCK
+
+    block = block or BLOCK
+    height = src.height
+    thresholds = _shadow_thresholds(src, block) if shadow else None
+    stats = {"valid": 0, "cloud": 0, "shadow": 0}
+    for a in range(0, height, block):
+        b = min(height, a + block)
+        raw, valid, cloud, _ = _mask_window(src, a, b, MASK_HALO, method, None)
+        m = cloud.astype(np.uint8)
+        if thresholds is not None:
+            sh = _shadow_window(src, a, b, thresholds) & ~cloud & valid
+            m[sh] = MASK_SHADOW
+            stats["shadow"] += int(sh.sum())
+        m[~valid] = MASK_NODATA
+        stats["valid"] += int(valid.sum())
+        stats["cloud"] += int(cloud.sum())
+        sink.write(a, b, None, valid, m)
+        if progress is not None:
+            progress(b, height)
+    return stats
+
+
+def _csi_blue(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from cloudrt.mask import B2, B8, B11
+    from cloudrt.preprocess import S2_SCALE
+
+    csi = (raw[B8].astype(np.float64) / S2_SCALE + raw[B11].astype(np.float64) / S2_SCALE) / 2.0
+    return csi, raw[B2].astype(np.float64) / S2_SCALE
+
+
+def _shadow_thresholds(src: Any, block: int) -> tuple[float, float] | None:
+    """Scene-wide (T3, T4) of the SEN12MS-CR shadow rule (see :func:`cloudrt.mask.shadow_mask`)."""
+    from cloudrt.mask import SHADOW_BLUE_FRACTION, SHADOW_CSI_FRACTION
+
+    cmin = bmin = np.inf
+    csum = bsum = 0.0
+    n = 0
+    for a in range(0, src.height, block):
+        raw = src.optical(a, min(src.height, a + block))
+        csi, blue = _csi_blue(raw)
+        ok = np.isfinite(csi) & np.isfinite(blue) & valid_mask(raw, src.nodata)
+        if ok.any():
+            c, b = csi[ok], blue[ok]
+            cmin, bmin = min(cmin, c.min()), min(bmin, b.min())
+            csum += c.sum()
+            bsum += b.sum()
+            n += int(ok.sum())
+    if n == 0:
+        return None
+    return (cmin + SHADOW_CSI_FRACTION * (csum / n - cmin), bmin + SHADOW_BLUE_FRACTION * (bsum / n - bmin))
+
+
+def _shadow_window(src: Any, a: int, b: int, thresholds: tuple[float, float]) -> np.ndarray:
+    from scipy import ndimage
+
+    from cloudrt.mask import SHADOW_MEDIAN
+
+    ha, hb = max(0, a - MASK_HALO), min(src.height, b + MASK_HALO)
+    raw = src.optical(ha, hb)
+    csi, blue = _csi_blue(raw)
+    with np.errstate(invalid="ignore"):
+        dark = np.isfinite(csi) & np.isfinite(blue) & (csi < thresholds[0]) & (blue < thresholds[1])
+    dark &= valid_mask(raw, src.nodata)
+    cleaned = ndimage.median_filter(dark.astype(np.uint8), size=SHADOW_MEDIAN, mode="constant", cval=0)
+    return cleaned.astype(bool)[a - ha : b - ha]
