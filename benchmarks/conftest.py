@@ -35,6 +35,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+# Before torch is imported: torch's OpenMP pool waits passively, like ONNX Runtime's (see cloudrt.bench).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "_scene_worker.py"
 CELL = 256

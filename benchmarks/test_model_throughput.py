@@ -50,7 +50,7 @@ def runners() -> Any:
 
 @pytest.fixture(scope="module")
 def flops(spec: Any, settings: Any) -> int | None:
-    return bench.count_flops(spec.module.to("cpu"), settings.tile) if spec.module is not None else None
+    return bench.count_flops(spec.module, settings.tile) if spec.module is not None else None
 
 
 @pytest.fixture(scope="module")

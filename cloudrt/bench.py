@@ -18,9 +18,11 @@ Method: one input batch per batch size (uniform [0, 1], fixed seed, model units)
 up, then timed for ``rounds`` rounds that are interleaved across paths (round ``r`` visits the paths in
 an order rotated by ``r``), so a noisy machine slows them alike; the reported time is the median. Each
 call is synchronized (``torch.cuda.synchronize``, ONNX Runtime's synchronous ``run``). Torch and ONNX
-Runtime get the same number of CPU threads. ``speedup`` is eager FP32's median time per tile divided
-by the path's, same device, same batch, same run; ``max_err`` the largest absolute difference from
-eager FP32's output on the same input, in model units (reflectance / 10000, [0, 1]).
+Runtime get the same number of CPU threads, and both pools wait passively (ONNX Runtime
+``allow_spinning=0``, OpenMP ``OMP_WAIT_POLICY=PASSIVE``; see :func:`_passive_openmp`). ``speedup`` is
+eager FP32's median time per tile divided by the path's, same device, same batch, same run; ``max_err``
+the largest absolute difference from eager FP32's output on the same input, in model units
+(reflectance / 10000, [0, 1]).
 
 FLOPs per tile are counted with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix
 products, 2 FLOPs per multiply-add; element-wise ops are not counted). On a GPU of known peak the rows
@@ -456,6 +458,10 @@ class TorchRunner(Runner):
         self.precision = precision
         self.provider = str(self.device)
         self.io = "device" if self.cuda else "host"
+        if compiled:
+            for knob in ("cache_size_limit", "recompile_limit"):  # one graph per batch size and precision
+                if hasattr(torch._dynamo.config, knob):
+                    setattr(torch._dynamo.config, knob, max(64, getattr(torch._dynamo.config, knob)))
         self.fn = torch.compile(module, dynamic=False) if compiled else module
         self._out = None
 
@@ -709,11 +715,18 @@ def make_runner(path: tuple[str, str], spec: ModelSpec, device: str, tile: int, 
         return TorchRunner(spec.module, device, precision, compiled=backend == "torch-compile")
     if backend.startswith("onnxruntime"):
         # TensorRT EP builds FP16 itself from the FP32 graph; CPU and CUDA EPs run the mixed-precision file.
-        key = "fp32" if backend == "onnxruntime-tensorrt" else precision
-        return OrtRunner(onnx_files[key], backend, precision, device, threads, tile, max_batch)
+        return OrtRunner(onnx_files[_onnx_key(path)], backend, precision, device, threads, tile, max_batch)
     if backend == "tensorrt":
         return TensorRTRunner(onnx_files["fp32"], precision, device, max_batch, log)
     raise ValueError(backend)
+
+
+def _onnx_key(path: tuple[str, str]) -> str | None:
+    """Which ONNX file a path runs: None (torch), "fp32" or "fp16". TensorRT builds FP16 from the FP32 file."""
+    backend, precision = path
+    if backend.startswith("torch"):
+        return None
+    return "fp32" if backend in ("onnxruntime-tensorrt", "tensorrt") else precision
 
 
 def _first_line(e: BaseException) -> str:
@@ -735,6 +748,7 @@ def run_bench(
     alike (default: torch's current count, else the usable CPUs).
     """
     t_start = time.perf_counter()
+    omp_policy = _passive_openmp()
     bs = parse_batches(batches)
     if rounds < 1:
         raise InputError(f"--rounds {rounds} must be >= 1.")
@@ -768,12 +782,29 @@ def run_bench(
         torch.set_num_threads(threads)
     threads = int(threads or _usable_cpus())
     try:
-        return _run(spec, dev, on_gpu, tile, bs, selected, explicit, warmup, rounds, threads, seed, log, t_start)
+        result = _run(spec, dev, on_gpu, tile, bs, selected, explicit, warmup, rounds, threads, seed, log, t_start)
+        result["system"]["omp_wait_policy"] = omp_policy
+        return result
     finally:
         if torch_threads_before is not None:
             import torch
 
             torch.set_num_threads(torch_threads_before)
+
+
+def _passive_openmp() -> str:
+    """Make torch's OpenMP pool wait passively, like ONNX Runtime's pool with ``allow_spinning=0``.
+
+    libgomp reads ``OMP_WAIT_POLICY`` when torch is first imported, so this only takes effect if torch is
+    not imported yet (``cloudrt bench`` imports it after this). With the default active (spinning) wait,
+    eager torch collapses on a shared CPU: a parallel region waits for a descheduled thread while its
+    partner spins (measured here: 0.5 s -> 1 to 12 s per carf-small tile with 2 threads and one other busy
+    process on 2 cores). Returns the policy in effect, for the report.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        return os.environ["OMP_WAIT_POLICY"]
+    return f"{os.environ.get('OMP_WAIT_POLICY', 'unset (spinning)')} (torch was imported before the bench)"
 
 
 def _run(spec: ModelSpec, dev: str, on_gpu: bool, tile: int, bs: list[int], selected: list[tuple[str, str]],
@@ -791,19 +822,14 @@ def _run(spec: ModelSpec, dev: str, on_gpu: bool, tile: int, bs: list[int], sele
         flops = count_flops(spec.module, tile)
 
     onnx_files: dict[str, Path] = {}
-    need = {("fp32" if b in ("onnxruntime-tensorrt", "tensorrt") else p) for b, p in run_paths
-            if not b.startswith("torch")}
-    for prec in sorted(need):
+    for prec in sorted({_onnx_key(q) for q in run_paths if _onnx_key(q)}):
         try:
             onnx_files[prec] = export_paths(spec, tile, prec == "fp16", log)
         except Exception as e:  # noqa: BLE001 - an export failure skips its rows, with the reason
-            for b, p in [q for q in run_paths if not q[0].startswith("torch")]:
-                if ("fp32" if b in ("onnxruntime-tensorrt", "tensorrt") else p) == prec:
-                    skipped.append({"backend": b, "precision": p, "device": dev,
-                                    "reason": f"ONNX {prec} export failed: {_first_line(e)}"})
-            run_paths = [q for q in run_paths if not (not q[0].startswith("torch") and
-                                                      ("fp32" if q[0] in ("onnxruntime-tensorrt", "tensorrt")
-                                                       else q[1]) == prec)]
+            for q in [q for q in run_paths if _onnx_key(q) == prec]:
+                skipped.append({"backend": q[0], "precision": q[1], "device": dev,
+                                "reason": f"ONNX {prec} export failed: {_first_line(e)}"})
+            run_paths = [q for q in run_paths if _onnx_key(q) != prec]
     if spec.module is not None and on_gpu:
         spec.module = spec.module.to(dev)
 
@@ -844,9 +870,18 @@ def _run(spec: ModelSpec, dev: str, on_gpu: bool, tile: int, bs: list[int], sele
         for r in range(rounds):
             k = r % max(1, len(order))
             for path in order[k:] + order[:k]:
+                if path not in times:
+                    continue
                 t0 = time.perf_counter()
-                live[path]()
+                try:
+                    live[path]()
+                except Exception as e:  # noqa: BLE001
+                    skipped.append({"backend": path[0], "precision": path[1], "device": dev, "batch": b,
+                                    "reason": _first_line(e)})
+                    del times[path]
+                    continue
                 times[path].append(time.perf_counter() - t0)
+        order = [p for p in order if p in times]
         outs = {p: live[p].output() for p in order}
         ref = outs.get(BASELINE)
         base_ms = statistics.median(times[BASELINE]) * 1e3 if BASELINE in times else None

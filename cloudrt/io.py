@@ -207,8 +207,10 @@ def output_profile(src: Any, count: int, dtype: str, nodata: float | None) -> di
     return profile
 
 
-def check_output_path(path: str | os.PathLike, overwrite: bool, inputs: tuple[Any, ...] = ()) -> Path:
-    """Refuse an existing output without ``overwrite``, a missing/unwritable directory, or an input path."""
+def check_output_path(path: str | os.PathLike, overwrite: bool, inputs: tuple[Any, ...] = (),
+                      create_parent: bool = False) -> Path:
+    """Refuse an existing output without ``overwrite``, a missing (unless ``create_parent``, which makes it)
+    or unwritable directory, or an output that is one of the ``inputs``."""
     p = Path(path)
     for i in inputs:
         if i is not None and Path(i).exists() and p.exists() and p.resolve() == Path(i).resolve():
@@ -218,6 +220,14 @@ def check_output_path(path: str | os.PathLike, overwrite: bool, inputs: tuple[An
     if p.exists() and not overwrite:
         raise InputError(f"output {p} already exists; pass --overwrite to replace it.")
     parent = p.parent if str(p.parent) else Path(".")
+    if create_parent and not parent.exists():
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot create output directory {parent} ({e.strerror}); choose a writable "
+                             "output path.") from e
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"output directory {parent} is a file, not a directory; choose another output path.")
     if not parent.is_dir():
         raise InputError(f"output directory {parent} does not exist; create it or choose another output path.")
     if not os.access(parent, os.W_OK):

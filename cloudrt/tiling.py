@@ -25,9 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-RowReader = Callable[[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
-"""``read(r0, r1) -> (optical (13, r1-r0, W), sar (2, r1-r0, W), valid (r1-r0, W) bool)``, normalized
-float32 model units, for scene rows ``r0 <= r < r1`` (always inside the scene)."""
+RowReader = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
+"""``read(r0, r1) -> (optical (C, r1-r0, W), sar (2, r1-r0, W))`` for scene rows ``r0 <= r < r1`` (always
+inside the scene), in any dtype: raw values, turned into model units by a :data:`Normalizer`."""
+
+Normalizer = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+"""``normalize(optical, sar) -> (optical float32, sar float32, valid (rows, cols) bool)`` for a column chunk."""
 
 BatchRunner = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``run(optical (B, 13, T, T), sar (B, 2, T, T)) -> (B, 13, T, T)``, float32."""
@@ -112,6 +115,10 @@ def tile_weight(tile: int, overlap: int) -> np.ndarray:
     return np.outer(r, r).astype(np.float32)
 
 
+def _as_float(o: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return o.astype(np.float32), s.astype(np.float32), np.ones(o.shape[1:], dtype=bool)
+
+
 def blend_rows(
     read: RowReader,
     run: BatchRunner,
@@ -121,6 +128,8 @@ def blend_rows(
     overlap: int,
     batch: int = 4,
     bands_out: int = 13,
+    normalize: Normalizer = _as_float,
+    chunk: int = 2048,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Stream the blended prediction of a ``height x width`` scene.
 
@@ -128,12 +137,14 @@ def blend_rows(
     consecutive row ranges covering ``[0, height)`` exactly once, in order. Pixels that no tile covered with
     weight (every tile around them was all-invalid and skipped) are 0. Tiles with no valid pixel are not
     run. ``batch`` caps the tiles per backend call; several tile rows are grouped when a row has fewer
-    tiles than ``batch`` (small scenes).
+    tiles than ``batch`` (small scenes). ``normalize`` turns raw rows into model units by column chunks of
+    ``chunk`` pixels, written straight into the padded window (no full-width temporaries).
     """
     ty, tx = AxisTiling(height, tile, overlap), AxisTiling(width, tile, overlap)
     s, m = ty.stride, ty.margin
     weight = tile_weight(tile, overlap)
     col_map = reflect_index(np.arange(tx.padded) - tx.margin, width)
+    pad_cols = np.r_[np.arange(tx.margin), np.arange(tx.margin + width, tx.padded)]
     col_origins = tx.origins()
     rows_per_group = max(1, batch // tx.count)
 
@@ -146,11 +157,7 @@ def blend_rows(
         p1 = (j + k - 1) * s + tile
         row_map = reflect_index(np.arange(p0, p1) - m, height)
         lo, hi = int(row_map.min()), int(row_map.max()) + 1
-        opt, sar, valid = read(lo, hi)
-        sel = row_map - lo
-        opt = opt[:, sel][:, :, col_map]
-        sar = sar[:, sel][:, :, col_map]
-        valid = valid[sel][:, col_map]
+        opt, sar, valid = _window(read(lo, hi), row_map - lo, col_map, pad_cols, tx.margin, normalize, chunk)
 
         acc = np.zeros((bands_out + 1, p1 - p0, tx.padded), dtype=np.float32)
         if carry is not None:
@@ -159,18 +166,19 @@ def blend_rows(
         jobs = [(gy * s, int(x0)) for gy in range(k) for x0 in col_origins]
         jobs = [(y0, x0) for y0, x0 in jobs if valid[y0 : y0 + tile, x0 : x0 + tile].any()]
         for b0 in range(0, len(jobs), max(1, batch)):
-            chunk = jobs[b0 : b0 + max(1, batch)]
-            ob = np.stack([opt[:, y0 : y0 + tile, x0 : x0 + tile] for y0, x0 in chunk])
-            sb = np.stack([sar[:, y0 : y0 + tile, x0 : x0 + tile] for y0, x0 in chunk])
+            part = jobs[b0 : b0 + max(1, batch)]
+            ob = np.stack([opt[:, y0 : y0 + tile, x0 : x0 + tile] for y0, x0 in part])
+            sb = np.stack([sar[:, y0 : y0 + tile, x0 : x0 + tile] for y0, x0 in part])
             out = np.asarray(run(ob, sb), dtype=np.float32)
-            if out.shape != (len(chunk), bands_out, tile, tile):
+            if out.shape != (len(part), bands_out, tile, tile):
                 raise RuntimeError(
-                    f"backend returned shape {out.shape}, expected {(len(chunk), bands_out, tile, tile)}"
+                    f"backend returned shape {out.shape}, expected {(len(part), bands_out, tile, tile)}"
                 )
-            for (y0, x0), o in zip(chunk, out, strict=True):
+            for (y0, x0), o in zip(part, out, strict=True):
                 acc[:bands_out, y0 : y0 + tile, x0 : x0 + tile] += o * weight
                 acc[bands_out, y0 : y0 + tile, x0 : x0 + tile] += weight
 
+        opt = sar = valid = None  # free the window before yielding
         last = j + k == ty.count
         done_p = p1 if last else (j + k) * s  # padded rows < done_p are final
         carry = None if last else acc[:, done_p - p0 :].copy()
@@ -178,13 +186,42 @@ def blend_rows(
         if r_end > next_row:
             a = acc[:, next_row + m - p0 : r_end + m - p0, tx.margin : tx.margin + width]
             wsum = a[bands_out]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                pred = np.where(wsum > 0, a[:bands_out] / wsum, np.float32(0.0)).astype(np.float32)
+            pred = np.zeros(a[:bands_out].shape, dtype=np.float32)
+            np.divide(a[:bands_out], wsum, out=pred, where=wsum > 0)
+            a = wsum = acc = None
             yield next_row, r_end, pred
+            pred = None  # do not hold the consumer's rows while computing the next group
             next_row = r_end
         j += k
     if next_row != height:  # pragma: no cover - arithmetic guard
         raise RuntimeError(f"tiling covered rows [0, {next_row}) of {height}")
+
+
+def _window(raw: tuple[np.ndarray, np.ndarray], rows: np.ndarray, col_map: np.ndarray, pad_cols: np.ndarray,
+            margin: int, normalize: Normalizer, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The padded, normalized window: rows picked by ``rows`` (reflection at the scene's top/bottom),
+    columns reflect-padded by ``col_map``; normalization by column chunks into preallocated arrays."""
+    ro, rs = raw
+    if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+        ro, rs = ro[:, rows[0] : rows[0] + len(rows)], rs[:, rows[0] : rows[0] + len(rows)]
+    else:
+        ro, rs = np.take(ro, rows, axis=1), np.take(rs, rows, axis=1)
+    n, width, padded = len(rows), ro.shape[2], len(col_map)
+    opt = sar = None
+    valid = np.empty((n, padded), dtype=bool)
+    for c0 in range(0, width, chunk):
+        c1 = min(width, c0 + chunk)
+        o, s, v = normalize(ro[:, :, c0:c1], rs[:, :, c0:c1])
+        if opt is None or sar is None:
+            opt = np.empty((o.shape[0], n, padded), dtype=np.float32)
+            sar = np.empty((s.shape[0], n, padded), dtype=np.float32)
+        opt[:, :, margin + c0 : margin + c1], sar[:, :, margin + c0 : margin + c1] = o, s
+        valid[:, margin + c0 : margin + c1] = v
+    assert opt is not None and sar is not None
+    if len(pad_cols):
+        src = margin + col_map[pad_cols]
+        opt[:, :, pad_cols], sar[:, :, pad_cols], valid[:, pad_cols] = opt[:, :, src], sar[:, :, src], valid[:, src]
+    return opt, sar, valid
 
 
 def blend_array(
@@ -202,9 +239,16 @@ def blend_array(
         valid = np.ones((h, w), dtype=bool)
     out = np.empty((optical.shape[0], h, w), dtype=np.float32)
 
-    def read(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return optical[:, r0:r1], sar[:, r0:r1], valid[r0:r1]
+    full_valid = valid
 
-    for r0, r1, pred in blend_rows(read, run, h, w, tile, overlap, batch, bands_out=optical.shape[0]):
+    def read(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+        # carry the validity as an extra optical band so it follows the same row/column selection
+        return np.concatenate([optical[:, r0:r1], full_valid[None, r0:r1].astype(optical.dtype)]), sar[:, r0:r1]
+
+    def normalize(o: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return o[:-1].astype(np.float32), s.astype(np.float32), o[-1] > 0.5
+
+    for r0, r1, pred in blend_rows(read, run, h, w, tile, overlap, batch, bands_out=optical.shape[0],
+                                   normalize=normalize):
         out[:, r0:r1] = pred
     return out

@@ -201,3 +201,17 @@ def test_bench_without_torch_runs_onnx_rows(result: dict, tmp_path) -> None:  # 
     assert [(r["backend"], r["speedup"], r["max_err"]) for r in doc["rows"]] == [("onnxruntime-cpu", None, None)]
     reasons = {s["backend"]: s["reason"] for s in doc["system"]["skipped"]}
     assert "torch is not installed" in reasons["torch-eager"]
+
+
+def test_a_failing_path_is_skipped_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An export that fails skips its rows with the reason; the baseline still runs."""
+    def broken(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("exporter exploded\nsecond line")
+
+    monkeypatch.setattr(bench, "export_paths", broken)
+    res = bench.run_bench("carf-tiny", device="cpu", tile=TILE, batches="1", backends=PATHS, rounds=1, warmup=0,
+                          threads=1, seed=SEED)
+    assert [(r["backend"], r["batch"]) for r in res["rows"]] == [("torch-eager", 1)]
+    (sk,) = res["system"]["skipped"]
+    assert sk["backend"] == "onnxruntime-cpu"
+    assert sk["reason"] == "ONNX fp32 export failed: RuntimeError: exporter exploded"

@@ -80,6 +80,22 @@ def test_infer_real_georeferenced_sample(model: Path, samples: Path, tmp_path: P
     assert np.abs(got[:, cloud].astype(float) - dn[:, cloud]).mean() > 1  # clouds are changed
 
 
+def test_nodata_and_descriptions_are_kept(model: Path, tmp_path: Path) -> None:
+    opt, sar = synthetic_scene(300, 280, seed=3)
+    opt[:, :, :40] = 0  # a nodata strip at the swath edge
+    names = tuple(f"S2 {b}" for b in ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11",
+                                       "B12"))
+    o = write_tif(tmp_path / "o.tif", opt, nodata=0, descriptions=names)
+    s = write_tif(tmp_path / "s.tif", sar)
+    out, mask = tmp_path / "out.tif", tmp_path / "mask.tif"
+    assert main(_infer(model, "--optical", o, "--sar", s, "-o", out, "--mask-out", mask)) == 0
+    with rasterio.open(out) as r, rasterio.open(mask) as m:
+        assert r.nodata == 0 and r.descriptions == names and r.block_shapes[0] == (256, 256)
+        got, mk = r.read(), m.read(1)
+    assert (got[:, :, :40] == 0).all() and (mk[:, :40] == 255).all()
+    assert (got[:, :, 40:] != 0).any(axis=0).all() and (mk[:, 40:] != 255).all()
+
+
 def test_no_composite_returns_raw_output(model: Path, samples: Path, tmp_path: Path) -> None:
     a, b = tmp_path / "a.tif", tmp_path / "b.tif"
     base = ["--optical", samples / "s2_cloudy" / FALL, "--sar", samples / "s1" / FALL]
@@ -290,11 +306,15 @@ def test_existing_output_and_unwritable_path(capsys, model, good) -> None:
     _bad(capsys, _infer(model, "--optical", o, "--sar", s, "-o", existing), "already exists", "--overwrite",
          out_dir=out)
     assert existing.read_bytes() == b"keep me"
-    _bad(capsys, _infer(model, "--optical", o, "--sar", s, "-o", out / "no" / "dir" / "x.tif"),
-         "does not exist; create it", out_dir=out)
     blocker = out / "file"
     blocker.write_bytes(b"")
-    _bad(capsys, _infer(model, "--optical", o, "--sar", s, "-o", blocker / "x.tif"), out_dir=out)
+    _bad(capsys, _infer(model, "--optical", o, "--sar", s, "-o", blocker / "sub" / "x.tif"),
+         "cannot create output directory", out_dir=out)
+    _bad(capsys, _infer(model, "--optical", o, "--sar", s, "-o", blocker / "x.tif"), "is a file, not a directory",
+         out_dir=out)
+    # a missing output folder is created (the README's `-o out/clear.tif` on a fresh clone)
+    assert main(_infer(model, "--optical", o, "--sar", s, "-o", out / "new" / "dir" / "x.tif")) == 0
+    assert (out / "new" / "dir" / "x.tif").exists()
     assert main(_infer(model, "--optical", o, "--sar", s, "-o", existing, "--overwrite")) == 0
     with rasterio.open(existing) as r:
         assert r.count == 13
@@ -329,8 +349,8 @@ def test_interrupted_run_leaves_nothing(model, good, monkeypatch: pytest.MonkeyP
     assert rc == 130 and calls["n"] == 3
     assert list(out.iterdir()) == []
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: interrupted; no output was written (temporary files removed). Rerun the same command "
-                   "to redo it."]
+    assert err == ["error: interrupted; the unfinished output was removed (finished ones are kept). Rerun the "
+                   "same command to continue."]
 
 
 def test_console_script_sigterm_and_exit_code(model, good, tmp_path: Path) -> None:
@@ -366,6 +386,25 @@ def test_readme_first_command_on_bundled_sample(tmp_path: Path) -> None:
     assert rc == 0
     with rasterio.open(tmp_path / "clear.tif") as o, rasterio.open(SAMPLE_DIR / "s2_cloudy" / name) as s:
         assert o.crs == s.crs and o.shape == s.shape
+
+
+def test_readme_flow_with_a_stand_in_default_model(tmp_path: Path) -> None:
+    """The README's first command (default model, bundled sample, `-o out/clear.tif` into a folder that does
+    not exist yet) as a fresh process, with a tiny stand-in for export/carf-demo.onnx (CLOUDRT_EXPORT_DIR)."""
+    export = tmp_path / "export"
+    export.mkdir()
+    make_onnx(export / "carf-demo.onnx", tile=64, kernel=3)
+    env = {**os.environ, "CLOUDRT_EXPORT_DIR": str(export)}
+    exe = shutil.which("cloudrt")
+    cmd = [exe] if exe else [sys.executable, "-m", "cloudrt.cli"]
+    r = subprocess.run([*cmd, "infer", "--optical", str(SAMPLE_DIR / "s2_cloudy" / FALL), "--sar",
+                        str(SAMPLE_DIR / "s1" / FALL), "-o", "out/clear.tif", "--mask-out", "out/mask.tif",
+                        "--overwrite"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "auto-selected" in r.stderr and "wrote out/clear.tif" in r.stderr
+    with rasterio.open(tmp_path / "out" / "clear.tif") as o, rasterio.open(SAMPLE_DIR / "s2_cloudy" / FALL) as s:
+        assert o.crs == s.crs and o.transform == s.transform and o.shape == s.shape
+    assert (tmp_path / "out" / "mask.tif").exists()
 
 
 def test_bundled_sample_is_small_real_and_attributed() -> None:

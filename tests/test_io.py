@@ -25,6 +25,9 @@ from cloudrt.io import (
 )
 
 GT = (10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0)
+# the tests write and read plain (ungeoreferenced) rasters on purpose; rasterio's own Affine use is not ours
+pytestmark = [pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning"),
+              pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")]
 
 
 @pytest.fixture()
@@ -159,6 +162,8 @@ def test_output_path_checks(tmp_path: Path) -> None:
     assert check_output_path(existing, overwrite=True) == existing
     with pytest.raises(InputError, match="does not exist; create it"):
         check_output_path(tmp_path / "missing" / "o.tif", overwrite=False)
+    made = check_output_path(tmp_path / "new" / "o.tif", overwrite=False, create_parent=True)
+    assert made.parent.is_dir()
     with pytest.raises(InputError, match="is a directory"):
         check_output_path(tmp_path, overwrite=True)
     with pytest.raises(InputError, match="is also an input"):

@@ -240,37 +240,58 @@ def test_thread_safe_shared_runtime(models: dict[str, Path]) -> None:
 # -- streaming -------------------------------------------------------------------------------------------
 
 def test_streaming_memory_is_independent_of_rows(models: dict[str, Path], tmp_path: Path) -> None:
-    """Peak NumPy memory (tracemalloc) for a 4x taller scene stays within 25 % of the short one's; it is
-    O(width): measured 70-100 KB per column (256-row output blocks, 13 bands, float32 temporaries)."""
+    """Peak NumPy memory (tracemalloc) of predict_file for a 4x taller scene stays within 25 % of the short
+    one's: it is O(width), measured ~18-20 KB per column here (tile 32; ~48 KB per column at tile 256, i.e.
+    ~530 MB for a 10980-px-wide granule)."""
     rt = Runtime(models["k1"], batch=4)
-    peaks = []
-    for h in (256, 1024):
+    files = {}
+    for h in (64, 256, 1024):
         opt, sar = synthetic_scene(h, 384, seed=h)
-        po, ps = write_tif(tmp_path / f"o{h}.tif", opt), write_tif(tmp_path / f"s{h}.tif", sar)
-        del opt, sar
+        files[h] = write_tif(tmp_path / f"o{h}.tif", opt), write_tif(tmp_path / f"s{h}.tif", sar)
+    rt.predict_file(*files[64], tmp_path / "warm.tif", mask_out=tmp_path / "warm_m.tif")  # imports, caches
+    peaks = {}
+    for h in (256, 1024):
         tracemalloc.start()
-        rt.predict_file(po, ps, tmp_path / f"out{h}.tif", mask_out=tmp_path / f"m{h}.tif")
-        peaks.append(tracemalloc.get_traced_memory()[1])
+        rt.predict_file(*files[h], tmp_path / f"out{h}.tif", mask_out=tmp_path / f"m{h}.tif")
+        peaks[h] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-    assert peaks[1] < 1.25 * peaks[0]
-    assert max(peaks) / 384 < 160e3
+    assert peaks[1024] < 1.25 * peaks[256]
+    assert peaks[1024] / 384 < 40e3
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_windowed_mask_equals_whole_scene_mask(shared_data: Path) -> None:
-    """Masks computed by 16-row blocks with a halo equal the whole-scene masks (both methods + shadow)."""
+    """Masks computed by 16-row x 40-column windows with a halo equal the whole-scene masks (both methods and
+    the shadow mask with scene-wide thresholds)."""
     with rasterio.open(shared_data / "sen12mscr-samples" / "s2_cloudy" / "oriolac_4287.tif") as ds:
         dn = ds.read()
     for method in ("paper", "sen12mscr"):
         sink = ArraySink(13, 256, 256, None, want_mask=True)
         src = ArraySource(dn, np.zeros((2, 256, 256), np.float32))
-        mask_scene(src, sink, method=method, shadow=True, block=16)
+        mask_scene(src, sink, method=method, shadow=True, block=16, chunk=40)
         cloud = cloud_mask(dn, method)
         np.testing.assert_array_equal(sink.mask == 1, cloud)
         np.testing.assert_array_equal(sink.mask == 2, shadow_mask(dn) & ~cloud)
 
 
 # -- files -----------------------------------------------------------------------------------------------
+
+def test_column_chunks_do_not_change_the_result(models: dict[str, Path]) -> None:
+    """Compositing by 37-column chunks with a halo gives exactly what one chunk gives (sen12mscr mask)."""
+    from cloudrt.runtime.scene import run_scene
+
+    opt, sar = synthetic_scene(70, 150, seed=9)
+    rt = Runtime(models["k1"], mask_method="sen12mscr")
+    outs = []
+    for chunk in (37, 4096):
+        sink = ArraySink(13, 70, 150, None, want_mask=True)
+        run_scene(ArraySource(opt, sar), rt.backend.run, sink, tile=rt.tile, overlap=rt.overlap, batch=4,
+                  mask_method="sen12mscr", want_mask=True, block=24, chunk=chunk)
+        outs.append((sink.out, sink.mask))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+    np.testing.assert_array_equal(outs[0][1] == 1, cloud_mask(opt, "sen12mscr"))
+
 
 def test_predict_file_on_real_sample(models: dict[str, Path], shared_data: Path, tmp_path: Path) -> None:
     d = shared_data / "sen12mscr-samples"
@@ -365,15 +386,15 @@ def carf_tiny(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_carf_tiny_onnx_runtime_matches_eager(carf_tiny) -> None:
-    """Whole non-tile-multiple scene (100 x 130, tile 64): ONNX Runtime vs torch eager, same tiling: the
-    backends agree to < 0.01 DN-scale float error (measured 0.0015 DN); and the eager model on each tile,
-    recomputed here independently, agrees with the runtime's tile 0."""
+    """Whole non-tile-multiple scene (100 x 130, tile 64, overlap 16): the runtime on the exported ONNX and
+    on the eager torch module agree within 0.05 DN (float32 rounding; measured ~0.002 DN). On a 64 x 64
+    crop (exactly one tile without overlap) the runtime equals the eager model called directly."""
     import torch
 
     model, path = carf_tiny
     opt, sar = synthetic_scene(100, 130, seed=11)
-    ort_out = Runtime(path).predict(opt, sar, composite=False)
-    eager_out = Runtime(model, backend="torch", tile=64).predict(opt, sar, composite=False)
+    ort_out = Runtime(path, overlap=16).predict(opt, sar, composite=False)
+    eager_out = Runtime(model, backend="torch", tile=64, overlap=16).predict(opt, sar, composite=False)
     assert np.abs(ort_out - eager_out).max() < 0.05
     assert np.abs(ort_out - np.clip(opt, 0, 10000)).mean() > 50  # the model really changes the scene
     # independent check of one interior 64 x 64 crop: eager on the crop vs the runtime on the crop
@@ -385,17 +406,26 @@ def test_carf_tiny_onnx_runtime_matches_eager(carf_tiny) -> None:
                                denormalize_optical(e), atol=0.05)
 
 
-def test_carf_tiny_shift_test(carf_tiny) -> None:
+def test_carf_tiny_shift_test(carf_tiny, tmp_path: Path) -> None:
     """Same scene cropped by 64 px (a multiple of the model's size divisor 32: CARF's pixel-unshuffle and
-    Swin windows are not equivariant to other shifts, even untiled): the common interior agrees. With
-    overlap 32 the tile seams move by 64 px yet the result changes by < 0.1 DN on average (measured 0.03;
-    max 3 DN) -- vs ~80 DN mean / 1400 DN max for hard tiles (overlap 0, tile 128)."""
-    _, path = carf_tiny
-    opt, sar = synthetic_scene(300, 330, seed=12)
+    Swin windows are not equivariant to other shifts, even untiled), tile 128, so the tile seams fall
+    elsewhere on the content (stride 96). Compared on the interior (64 px from the borders, beyond the
+    reflect-padded border tiles). This random-weight carf-tiny is very context-sensitive (its residual is
+    ~570 DN); measured mean |diff| 23 DN (max 233) with the default 32-px overlap vs 135 DN (max 1967)
+    with hard tiles: blending removes > 80 % of the tile-placement dependence."""
+    from cloudrt.export import export_onnx
+
+    model, _ = carf_tiny
+    path = export_onnx(model, tmp_path / "carf-tiny-128.onnx", tile=128, verbose=False)
+    opt, sar = synthetic_scene(320, 320, seed=12)
     sh = 64
-    rt = Runtime(path)
-    assert rt.overlap == 32
-    a = rt.predict(opt, sar, composite=False)
-    b = rt.predict(opt[:, sh:, sh:], sar[:, sh:, sh:], composite=False)
-    d = np.abs(a[:, sh + 16 : -16, sh + 16 : -16] - b[:, 16:-16, 16:-16])
-    assert d.mean() < 0.1 and d.max() < 10
+    diff, resid = {}, 0.0
+    for overlap in (None, 0):
+        rt = Runtime(path, overlap=overlap)
+        a = rt.predict(opt, sar, composite=False)
+        b = rt.predict(opt[:, sh:, sh:], sar[:, sh:, sh:], composite=False)
+        diff[overlap] = np.abs(a[:, sh + 64 : -64, sh + 64 : -64] - b[:, 64:-64, 64:-64]).mean()
+        resid = np.abs(a - np.clip(opt, 0, 10000)).mean()
+    assert Runtime(path).overlap == 32
+    assert diff[None] < 0.3 * diff[0]
+    assert diff[None] < 0.06 * resid

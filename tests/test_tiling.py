@@ -81,8 +81,18 @@ def test_blend_rows_streams_in_order_with_bounded_reads() -> None:
 
     def read(r0: int, r1: int):
         reads.append((r0, r1))
-        return opt[:, r0:r1], sar[:, r0:r1], np.ones((r1 - r0, w), bool)
+        return opt[:, r0:r1], sar[:, r0:r1]
 
+    chunks = []
+
+    def normalize(o, s):
+        chunks.append(o.shape[2])
+        return o.astype(np.float32), s.astype(np.float32), np.ones(o.shape[1:], bool)
+
+    out = np.concatenate([p for _, _, p in blend_rows(read, _pointwise, h, w, tile, overlap, batch=2,
+                                                      normalize=normalize, chunk=25)], axis=1)
+    np.testing.assert_allclose(out, _pointwise(opt[None], sar[None])[0], atol=2e-6)
+    assert max(chunks) == 25  # normalized by column chunks
     ranges = [(r0, r1) for r0, r1, _ in blend_rows(read, _pointwise, h, w, tile, overlap, batch=2)]
     assert ranges[0][0] == 0 and ranges[-1][1] == h
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))

@@ -44,8 +44,9 @@ def register(app: typer.Typer) -> None:
         device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N.", show_default=False),
         tile: int | None = typer.Option(None, "--tile", help="Tile size (default: the model's).",
                                         show_default=False),
-        overlap: int | None = typer.Option(None, "--overlap", help="Tile overlap in pixels (default: tile/8).",
-                                           show_default=False),
+        overlap: int | None = typer.Option(None, "--overlap", show_default=False,
+                                           help="Tile overlap in pixels (default: about tile/8, a multiple of "
+                                                "the model's size divisor: 32 for tile 256)."),
         batch: int | None = typer.Option(None, "--batch", help="Tiles per backend call (default: backend's).",
                                          show_default=False),
         mask_out: Path | None = typer.Option(None, "--mask-out", help="Also write the cloud mask (uint8: 0 clear, "
@@ -74,11 +75,23 @@ def register(app: typer.Typer) -> None:
                              "(or --input-dir DIR --output-dir DIR).")
         opts = dict(model=model, backend=backend, device=device, tile=tile, overlap=overlap, batch=batch,
                     mask_method=mask_method)
+        _bound_gdal_cache()
         with _terminate_as_interrupt():
             if batch_mode:
                 _run_batch(input_dir, output_dir, mask_out, opts, not no_composite, align, overwrite, quiet)
             else:
                 _run_one(optical, sar, output, mask_out, opts, not no_composite, align, overwrite, quiet)
+
+
+GDAL_CACHE_MB = "256"
+
+
+def _bound_gdal_cache() -> None:
+    """Cap GDAL's block cache for this CLI process (default: 5 % of RAM) unless the user set GDAL_CACHEMAX:
+    with it a full 10980 x 10980 granule runs in ~1.3 GB RSS. Takes effect if GDAL has not cached yet."""
+    import os
+
+    os.environ.setdefault("GDAL_CACHEMAX", GDAL_CACHE_MB)
 
 
 def _make_runtime(opts: dict):
@@ -99,7 +112,7 @@ def _run_one(optical: Path, sar: Path, output: Path, mask_out: Path | None, opts
 
     for p in (output, mask_out):
         if p is not None:
-            check_output_path(p, overwrite, inputs=(optical, sar))
+            check_output_path(p, overwrite, inputs=(optical, sar), create_parent=True)
     if mask_out is not None and Path(mask_out).resolve() == Path(output).resolve():
         raise InputError("--mask-out is the same file as -o; choose another mask path.")
     with open_scene(optical, sar, align=align) as src:  # all input checks before the model loads
@@ -235,8 +248,8 @@ def _terminate_as_interrupt() -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt as e:
-        raise Interrupted("interrupted; no output was written (temporary files removed). Rerun the same "
-                          "command to redo it.") from e
+        raise Interrupted("interrupted; the unfinished output was removed (finished ones are kept). Rerun "
+                          "the same command to continue.") from e
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -171,9 +171,12 @@ class Runtime:
         dtype = np.dtype(ods.dtypes[0])
         nodata = ods.nodata
         with contextlib.ExitStack() as stack:
+            # temporary names first, writers second: the writers are closed (flushed) before either file is
+            # renamed into place, and any failure removes both
+            tmp = stack.enter_context(atomic_output(output, overwrite)) if output is not None else None
+            mtmp = stack.enter_context(atomic_output(mask_out, overwrite)) if mask_out is not None else None
             dst = mdst = None
-            if output is not None:
-                tmp = stack.enter_context(atomic_output(output, overwrite))
+            if tmp is not None:
                 dst = stack.enter_context(open_writer(tmp, output_profile(ods, len(S2_BANDS), dtype.name, nodata)))
                 for i, d in enumerate(band_descriptions(ods, S2_BANDS), 1):
                     dst.set_band_description(i, d)
@@ -182,8 +185,7 @@ class Runtime:
                             cloudrt_model=str(getattr(self.backend, "path", "module")),
                             cloudrt_composite=str(composite), cloudrt_mask_method=self.mask_method)
                 dst.update_tags(**tags)
-            if mask_out is not None:
-                mtmp = stack.enter_context(atomic_output(mask_out, overwrite))
+            if mtmp is not None:
                 mdst = stack.enter_context(open_writer(mtmp, output_profile(ods, 1, "uint8", 255)))
                 mdst.set_band_description(1, f"cloud mask ({self.mask_method}): 0 clear, 1 cloud, 255 nodata")
             sink = RasterSink(dst, mdst, dtype, nodata)
@@ -210,7 +212,7 @@ def mask_file(optical: str | os.PathLike, output: str | os.PathLike, *, method: 
 
     if method not in METHODS:
         raise InputError(f"unknown cloud-mask method {method!r}; use one of {', '.join(METHODS)}.")
-    check_output_path(output, overwrite, inputs=(optical,))
+    check_output_path(output, overwrite, inputs=(optical,), create_parent=True)
     ods = open_optical(optical)
     with contextlib.ExitStack() as stack:
         stack.callback(ods.close)

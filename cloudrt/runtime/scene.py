@@ -12,13 +12,14 @@ The pipeline (all NumPy; rasterio only for files):
    ``feather + 1`` pixels outside them, so clear pixels keep the input exactly.
 3. Blocks are written in order (whole rows of GeoTIFF tiles, so every tile is compressed once).
 
-Memory is ``O(width * (tile + block))``: independent of the number of rows.
+Memory is ``O(width * (tile + block))``: independent of the number of rows (normalization, masks and
+compositing run by column chunks with a halo, so their temporaries do not scale with the width either).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from cloudrt.tiling import BatchRunner, blend_rows
 MASK_CLEAR, MASK_CLOUD, MASK_SHADOW, MASK_NODATA = 0, 1, 2, 255
 MASK_HALO = 8  # >= the reach of the sen12mscr mask filters (5x5 closing + 7x7 mean) and the 5x5 median
 DEFAULT_FEATHER = 8
+COL_CHUNK = 512  # columns per chunk for normalization, masks and compositing (bounds the temporaries)
 Progress = Callable[[int, int], None]
 
 
@@ -175,49 +177,88 @@ class ArraySink:
     def __init__(self, bands: int, height: int, width: int, nodata: float | None, want_mask: bool) -> None:
         self.out = np.empty((bands, height, width), dtype=np.float32)
         self.mask = np.empty((height, width), dtype=np.uint8) if want_mask else None
-        self.nodata = nodata
+        self.dtype, self.nodata = np.dtype(np.float32), nodata
 
-    def write(self, r0: int, r1: int, out: np.ndarray | None, valid: np.ndarray, mask: np.ndarray | None) -> None:
+    def write(self, r0: int, r1: int, out: np.ndarray | None, mask: np.ndarray | None) -> None:
         if out is not None:
-            self.out[:, r0:r1] = cast_output(out, valid, np.dtype(np.float32), self.nodata)
+            self.out[:, r0:r1] = out
         if self.mask is not None and mask is not None:
             self.mask[r0:r1] = mask
 
 
 class RasterSink:
-    """Writes output blocks into open rasterio datasets (the image and, optionally, the mask)."""
+    """Writes output blocks (already cast to ``dtype``) into open rasterio datasets (image and/or mask)."""
 
     def __init__(self, dst: Any | None, mask_dst: Any | None, dtype: np.dtype, nodata: float | None) -> None:
         self.dst, self.mask_dst, self.dtype, self.nodata = dst, mask_dst, np.dtype(dtype), nodata
 
-    def write(self, r0: int, r1: int, out: np.ndarray | None, valid: np.ndarray, mask: np.ndarray | None) -> None:
+    def write(self, r0: int, r1: int, out: np.ndarray | None, mask: np.ndarray | None) -> None:
         from rasterio.windows import Window
 
-        win = Window(0, r0, valid.shape[1], r1 - r0)
         if self.dst is not None and out is not None:
-            self.dst.write(cast_output(out, valid, self.dtype, self.nodata), window=win)
+            self.dst.write(out, window=Window(0, r0, out.shape[2], r1 - r0))
         if self.mask_dst is not None and mask is not None:
-            self.mask_dst.write(mask[None], window=win)
+            self.mask_dst.write(mask[None], window=Window(0, r0, mask.shape[1], r1 - r0))
 
 
-def _mask_window(src: Any, a: int, b: int, halo: int, method: str, feather: int | None,
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """For rows [a, b): (raw optical DN, valid, cloud bool, alpha or None), using a halo of ``halo`` rows."""
+def _windows(src: Any, a: int, b: int, halo: int, chunk: int) -> Iterator[tuple[Any, ...]]:
+    """Rows [a, b) of ``src`` cut into column chunks, each read with ``halo`` pixels around it.
+
+    Yields ``(c0, c1, raw, valid, given, core)``: the chunk's columns, the raw optical DN and validity of
+    the haloed window, the given mask there (or None), and ``core`` (row slice, column slice) selecting
+    rows [a, b) x columns [c0, c1) inside the window. A per-pixel result computed on the window and cut to
+    ``core`` equals the whole-scene result when its reach is <= ``halo``.
+    """
     ha, hb = max(0, a - halo), min(src.height, b + halo)
-    raw = src.optical(ha, hb)
-    valid_h = valid_mask(raw, src.nodata)
-    given = src.mask(ha, hb)
+    raw_h = src.optical(ha, hb)
+    given_h = src.mask(ha, hb)
+    for c0 in range(0, src.width, chunk):
+        c1 = min(src.width, c0 + chunk)
+        ca, cb = max(0, c0 - halo), min(src.width, c1 + halo)
+        raw = raw_h[:, :, ca:cb]
+        given = given_h[:, ca:cb] if given_h is not None else None
+        core = (slice(a - ha, b - ha), slice(c0 - ca, c1 - ca))
+        yield c0, c1, raw, valid_mask(raw, src.nodata), given, core
+
+
+def _cloud(raw: np.ndarray, valid: np.ndarray, given: np.ndarray | None, method: str) -> np.ndarray:
     if given is None:
         from cloudrt.mask import cloud_mask
 
         with np.errstate(invalid="ignore"):
-            cloud = cloud_mask(raw, method=method)
-    else:
-        cloud = given
-    cloud = cloud & valid_h
-    alpha = feather_alpha(cloud, feather) if feather is not None else None
-    sl = slice(a - ha, b - ha)
-    return raw[:, sl], valid_h[sl], cloud[sl], (alpha[sl] if alpha is not None else None)
+            given = cloud_mask(raw, method=method)
+    return np.asarray(given, dtype=bool) & valid
+
+
+class _RowBuffer:
+    """Rows of (C, rows, W) arrays appended at the bottom and taken from the top, in one growable buffer."""
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = np.dtype(dtype)
+        self.buf: np.ndarray | None = None
+        self.rows = 0
+
+    def append(self, a: np.ndarray) -> None:
+        k = a.shape[1]
+        if self.buf is None or self.rows + k > self.buf.shape[1]:
+            cap = max(self.rows + k, 2 * (self.buf.shape[1] if self.buf is not None else 0))
+            new = np.empty((a.shape[0], cap, a.shape[2]), dtype=self.dtype)
+            if self.buf is not None and self.rows:
+                new[:, : self.rows] = self.buf[:, : self.rows]
+            self.buf = new
+        self.buf[:, self.rows : self.rows + k] = a
+        self.rows += k
+
+    def peek(self, n: int) -> np.ndarray:
+        assert self.buf is not None and n <= self.rows
+        return self.buf[:, :n]
+
+    def drop(self, n: int) -> None:
+        assert self.buf is not None
+        rest = self.rows - n
+        if rest:
+            self.buf[:, :rest] = self.buf[:, n : self.rows].copy()
+        self.rows = rest
 
 
 def run_scene(
@@ -233,22 +274,29 @@ def run_scene(
     feather: int = DEFAULT_FEATHER,
     want_mask: bool = False,
     block: int | None = None,
+    chunk: int = COL_CHUNK,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Predict the whole scene of ``src`` into ``sink`` by row blocks. Returns a small summary."""
+    """Predict the whole scene of ``src`` into ``sink`` by row blocks (see the module docstring).
+
+    Returns a summary: valid and cloudy pixel counts, tiles run, seconds, cloud fraction.
+    """
     from cloudrt.io import BLOCK
 
     height, width = src.height, src.width
     block = block or BLOCK
-    halo = max(feather, 0) + MASK_HALO
     need_mask = composite or want_mask
-    stats = {"pixels": height * width, "valid": 0, "cloud": 0, "tiles": 0}
+    halo = max(feather, 0) + MASK_HALO if need_mask else 0
+    stats: dict[str, Any] = {"pixels": height * width, "valid": 0, "cloud": 0, "tiles": 0}
     t0 = time.perf_counter()
 
-    def read_norm(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def read(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
         o, s = src.optical(r0, r1), src.sar(r0, r1)
         if o.shape[1:] != s.shape[1:]:
             raise InputError(f"optical rows {o.shape[1:]} and SAR rows {s.shape[1:]} differ; use one grid.")
+        return o, s
+
+    def normalize(o: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         with np.errstate(invalid="ignore"):
             return normalize_optical(o, src.nodata), normalize_sar(s, src.sar_nodata), valid_mask(o, src.nodata)
 
@@ -256,61 +304,72 @@ def run_scene(
         stats["tiles"] += o.shape[0]
         return run(o, s)
 
-    pending: list[np.ndarray] = []
-    pending_rows = 0
+    out_buf = _RowBuffer(sink.dtype)
+    mask_buf = _RowBuffer(np.dtype(np.uint8)) if want_mask else None
     written = 0
 
-    def flush(end: int) -> None:
-        nonlocal pending, pending_rows, written
-        n = end - written
-        cat = pending[0] if len(pending) == 1 else np.concatenate(pending, axis=1)
-        pred, rest = cat[:, :n], cat[:, n:]
-        pending, pending_rows = ([rest] if rest.shape[1] else []), rest.shape[1]
-        if need_mask:
-            raw, valid, cloud, alpha = _mask_window(src, written, end, halo, mask_method,
-                                                    feather if composite else None)
-        else:
-            raw = src.optical(written, end)
-            valid, cloud, alpha = valid_mask(raw, src.nodata), None, None
-        out = denormalize_optical(pred)
-        if composite and alpha is not None and alpha.any():
-            inp = raw.astype(np.float32)
-            # out = inp + a (pred - inp), in place: exactly the input where a == 0
-            out -= inp
-            out *= alpha
-            out += inp
-            del inp
-        elif composite:
-            out = raw.astype(np.float32)
-        mask_u8 = None
-        if want_mask and cloud is not None:
-            mask_u8 = np.where(valid, cloud.astype(np.uint8), np.uint8(MASK_NODATA)).astype(np.uint8)
-        stats["valid"] += int(valid.sum())
-        if cloud is not None:
-            stats["cloud"] += int(cloud.sum())
-        sink.write(written, end, out, valid, mask_u8)
-        written = end
-        if progress is not None:
-            progress(written, height)
+    def composite_rows(a: int, b: int, pred: np.ndarray) -> None:
+        """Rows [a, b): mask, feather, composite, cast -> the output buffers (by column chunks)."""
+        out_rows = np.empty((pred.shape[0], b - a, width), dtype=sink.dtype)
+        mask_rows = np.empty((b - a, width), dtype=np.uint8) if want_mask else None
+        for c0, c1, raw_w, valid_w, given_w, core in _windows(src, a, b, halo, chunk):
+            raw, valid = raw_w[(slice(None), *core)], valid_w[core]
+            out = denormalize_optical(pred[:, :, c0:c1])
+            cloud = None
+            if need_mask:
+                cloud_w = _cloud(raw_w, valid_w, given_w, mask_method)
+                cloud = cloud_w[core]
+                stats["cloud"] += int(cloud.sum())
+                if composite:
+                    alpha = feather_alpha(cloud_w, feather)[core]
+                    if alpha.any():  # out = inp + a (pred - inp), in place: exactly the input where a == 0
+                        inp = raw.astype(np.float32)
+                        out -= inp
+                        out *= alpha
+                        out += inp
+                    else:
+                        out = raw.astype(np.float32)
+            out_rows[:, :, c0:c1] = cast_output(out, valid, sink.dtype, sink.nodata)
+            if mask_rows is not None and cloud is not None:
+                mask_rows[:, c0:c1] = np.where(valid, cloud.astype(np.uint8), np.uint8(MASK_NODATA))
+            stats["valid"] += int(valid.sum())
+        out_buf.append(out_rows)
+        if mask_buf is not None:
+            mask_buf.append(mask_rows[None])
 
-    for _r0, r1, pred in blend_rows(read_norm, counted_run, height, width, tile, overlap, batch):
-        pending.append(pred)
-        pending_rows += pred.shape[1]
+    for r0, r1, pred in blend_rows(read, counted_run, height, width, tile, overlap, batch, normalize=normalize,
+                                   chunk=chunk):
+        composite_rows(r0, r1, pred)
+        del pred
+        # write whole output blocks (rows of GeoTIFF tiles) as soon as they are complete
         while written < height and r1 >= min(written + block, height):
-            flush(min(written + block, height))
+            end = min(written + block, height)
+            n = end - written
+            sink.write(written, end, out_buf.peek(n), mask_buf.peek(n)[0] if mask_buf is not None else None)
+            out_buf.drop(n)
+            if mask_buf is not None:
+                mask_buf.drop(n)
+            written = end
+            if progress is not None:
+                progress(written, height)
     stats["seconds"] = time.perf_counter() - t0
     stats["cloud_fraction"] = stats["cloud"] / max(1, stats["valid"])
     return stats
 
 
 def mask_scene(src: Any, sink: Any, *, method: str = "paper", shadow: bool = False,
-               block: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
+               block: int | None = None, chunk: int = COL_CHUNK,
+               progress: Progress | None = None) -> dict[str, Any]:
     """Stream the cloud mask (and, with ``shadow``, the dark-pixel shadow mask) of ``src`` into ``sink``.
 
     Mask values: 0 clear, 1 cloud, 2 cloud shadow (not cloud), 255 nodata. The shadow thresholds are scene
-    statistics (:func:`cloudrt.mask.shadow_mask`), gathered in a first streaming pass over valid pixels.
+    statistics (:func:`cloudrt.mask.shadow_mask`), gathered in a first streaming pass over valid pixels;
+    the 5x5 median clean-up is computed by haloed windows like the cloud mask.
     """
+    from scipy import ndimage
+
     from cloudrt.io import BLOCK
+    from cloudrt.mask import SHADOW_MEDIAN
 
     block = block or BLOCK
     height = src.height
@@ -318,16 +377,24 @@ def mask_scene(src: Any, sink: Any, *, method: str = "paper", shadow: bool = Fal
     stats = {"valid": 0, "cloud": 0, "shadow": 0}
     for a in range(0, height, block):
         b = min(height, a + block)
-        raw, valid, cloud, _ = _mask_window(src, a, b, MASK_HALO, method, None)
-        m = cloud.astype(np.uint8)
-        if thresholds is not None:
-            sh = _shadow_window(src, a, b, thresholds) & ~cloud & valid
-            m[sh] = MASK_SHADOW
-            stats["shadow"] += int(sh.sum())
-        m[~valid] = MASK_NODATA
-        stats["valid"] += int(valid.sum())
-        stats["cloud"] += int(cloud.sum())
-        sink.write(a, b, None, valid, m)
+        m = np.empty((b - a, src.width), dtype=np.uint8)
+        for c0, c1, raw_w, valid_w, given_w, core in _windows(src, a, b, MASK_HALO, chunk):
+            cloud, valid = _cloud(raw_w, valid_w, given_w, method)[core], valid_w[core]
+            mc = cloud.astype(np.uint8)
+            if thresholds is not None:
+                csi, blue = _csi_blue(raw_w)
+                with np.errstate(invalid="ignore"):
+                    dark = np.isfinite(csi) & np.isfinite(blue) & (csi < thresholds[0]) & (blue < thresholds[1])
+                dark &= valid_w
+                sh = ndimage.median_filter(dark.astype(np.uint8), size=SHADOW_MEDIAN, mode="constant", cval=0)
+                sh = sh.astype(bool)[core] & ~cloud & valid
+                mc[sh] = MASK_SHADOW
+                stats["shadow"] += int(sh.sum())
+            mc[~valid] = MASK_NODATA
+            m[:, c0:c1] = mc
+            stats["valid"] += int(valid.sum())
+            stats["cloud"] += int(cloud.sum())
+        sink.write(a, b, None, m)
         if progress is not None:
             progress(b, height)
     return stats
@@ -361,18 +428,3 @@ def _shadow_thresholds(src: Any, block: int) -> tuple[float, float] | None:
     if n == 0:
         return None
     return (cmin + SHADOW_CSI_FRACTION * (csum / n - cmin), bmin + SHADOW_BLUE_FRACTION * (bsum / n - bmin))
-
-
-def _shadow_window(src: Any, a: int, b: int, thresholds: tuple[float, float]) -> np.ndarray:
-    from scipy import ndimage
-
-    from cloudrt.mask import SHADOW_MEDIAN
-
-    ha, hb = max(0, a - MASK_HALO), min(src.height, b + MASK_HALO)
-    raw = src.optical(ha, hb)
-    csi, blue = _csi_blue(raw)
-    with np.errstate(invalid="ignore"):
-        dark = np.isfinite(csi) & np.isfinite(blue) & (csi < thresholds[0]) & (blue < thresholds[1])
-    dark &= valid_mask(raw, src.nodata)
-    cleaned = ndimage.median_filter(dark.astype(np.uint8), size=SHADOW_MEDIAN, mode="constant", cval=0)
-    return cleaned.astype(bool)[a - ha : b - ha]
