@@ -375,6 +375,8 @@ class _PatchDatasetImpl:
 
     - ``augment``: one random flip + 90-degree rotation, the same for every tensor.
     - ``crop`` (multiple of 16): a random ``crop x crop`` window when ``augment``, else the centre one.
+    - ``clear_identity``: probability that the input is the clear target itself (target unchanged), so the
+      model learns to leave cloud-free pixels alone.
     - ``synthetic_clouds``: True (always) or a probability: the input becomes the clear target with a
       synthetic cloud laid over it (:func:`add_synthetic_clouds`); the target stays the clear image. Patches
       without ``s2_cloudy`` need it set to True.
@@ -393,6 +395,7 @@ class _PatchDatasetImpl:
         synthetic_clouds: bool | float = False,
         seed: int = 0,
         cache: bool = False,
+        clear_identity: float = 0.0,
     ) -> None:
         self.samples = list(samples)
         if not self.samples:
@@ -402,6 +405,9 @@ class _PatchDatasetImpl:
         self.crop = crop
         self.augment = augment
         self.p_synthetic = float(synthetic_clouds)
+        self.p_identity = float(clear_identity)
+        if not 0.0 <= self.p_identity <= 1.0:
+            raise InputError(f"clear_identity={clear_identity} must be a probability in [0, 1].")
         if not 0.0 <= self.p_synthetic <= 1.0:
             raise InputError(f"synthetic_clouds={synthetic_clouds} must be a bool or a probability in [0, 1].")
         for s in self.samples:
@@ -453,7 +459,9 @@ class _PatchDatasetImpl:
         sar = arrs["sar"] if has_sar else np.zeros((len(S1_BANDS), h, w), dtype=np.float32)
 
         synthetic = self.p_synthetic >= 1.0 or (self.p_synthetic > 0 and rng.random() < self.p_synthetic)
-        if synthetic:
+        if self.p_identity > 0 and rng.random() < self.p_identity:
+            optical = target  # a cloud-free input: the model must leave it unchanged
+        elif synthetic:
             optical, _ = add_synthetic_clouds(target, rng)
         else:
             optical = arrs["cloudy"]

@@ -46,6 +46,8 @@ class TrainConfig:
     holdout: list[str] = field(default_factory=list)  # sample names never trained on
     extra_optical: list[str] = field(default_factory=list)  # S2-only folders (synthetic + real clouds)
     synthetic_clouds: float = 0.5  # probability a clear target gets a synthetic cloud overlay
+    clear_identity: float = 0.0  # probability the input is the clear target itself (learn "no cloud, no change")
+    init: str | None = None  # start from these weights (fine-tuning); optimizer starts fresh
     cloud_weighting: bool = True  # False: the paper's ablation
     save_every: int = 200
     max_steps: int | None = None
@@ -100,7 +102,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[Any, list[str]]:
     optical_only = [s for d in cfg.extra_optical for s in find_samples(d) if s.name not in hold]
     train = triplets + optical_only
     ds = PatchDataset(train, crop=cfg.crop, augment=True, synthetic_clouds=cfg.synthetic_clouds,
-                      seed=cfg.seed, cache=True)
+                      seed=cfg.seed, cache=True, clear_identity=cfg.clear_identity)
     return ds, [s.name for s in train]
 
 
@@ -130,6 +132,12 @@ def train(cfg: TrainConfig) -> Path:
 
     ds, names = build_datasets(cfg)
     model = build(cfg.preset, **cfg.overrides).to(device)
+    if cfg.init:
+        init_model, _ = load_checkpoint(cfg.init, device=str(device))
+        if init_model.config != model.config:
+            raise InputError(f"--init {cfg.init} is preset {init_model.config.get('preset')!r} with another config; "
+                             "pass the same --preset/--override as the checkpoint.")
+        model.load_state_dict(init_model.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step, epoch0 = 0, 0
     if cfg.resume and (out / "last.safetensors").exists():

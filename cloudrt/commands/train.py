@@ -27,6 +27,8 @@ def register(app: typer.Typer) -> None:
         extra_optical: list[Path] = typer.Option([], "--extra-optical",
                                                  help="S2-only pair folders (s2/, s2_cloudy/), no SAR."),
         synthetic_clouds: float = typer.Option(0.5, help="Probability of a synthetic cloud over a clear target."),
+        clear_identity: float = typer.Option(0.0, help="Probability the input is the clear target (no change)."),
+        init: Path = typer.Option(None, "--init", help="Start from these weights (fine-tune)."),
         no_cloud_weighting: bool = typer.Option(False, "--no-cloud-weighting",
                                                 help="Paper's ablation: W_cloud = 1 (eq. 17 off)."),
         save_every: int = typer.Option(200, help="Checkpoint every N steps."),
@@ -53,6 +55,8 @@ def register(app: typer.Typer) -> None:
             data=[str(d) for d in data], out=str(out), preset=preset, epochs=epochs, batch=batch, lr=lr,
             seed=seed, device=device, resume=resume, crop=crop or None, split=split, holdout=list(holdout),
             extra_optical=[str(d) for d in extra_optical], synthetic_clouds=synthetic_clouds,
+            clear_identity=clear_identity,
+            init=str(init) if init else None,
             cloud_weighting=not no_cloud_weighting, save_every=save_every, max_steps=max_steps or None,
             max_minutes=max_minutes or None, amp=amp, schedule=schedule, overrides=overrides,
         )
