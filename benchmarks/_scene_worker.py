@@ -3,7 +3,7 @@
 Usage: ``python benchmarks/_scene_worker.py '{"optical": ..., "sar": ..., "model": ..., "out": ...,
 "backend": "onnxruntime", "device": "cpu", "tile": 256, "batch": null}'``. Prints one JSON line:
 wall seconds of ``Runtime.predict_file`` (``total_s``), seconds inside the backend's ``run``
-(``model_s``), tiles, megapixels per second and the share of time outside the model.
+(``model_s``), tiles, megapixels per second, the share of time outside the model, and the peak RSS.
 """
 
 from __future__ import annotations
@@ -11,6 +11,23 @@ from __future__ import annotations
 import json
 import sys
 import time
+
+
+def peak_rss_mib() -> float | None:
+    """This process's peak resident set (``VmHWM``, Linux), counted from its own ``exec``.
+
+    Not ``getrusage``: on Linux ``ru_maxrss`` keeps the high-water mark of the memory image replaced by
+    ``exec``, i.e. of the parent that forked this process (a pytest process holding torch reads ~1.8 GiB
+    for every child, whatever the child does).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
 
 def main() -> None:
@@ -43,7 +60,7 @@ def main() -> None:
         "cloud_fraction": round(stats.get("cloud_fraction", float("nan")), 4),
         "setup_s": round(setup_s, 3), "total_s": round(total, 3), "model_s": round(spent["s"], 3),
         "outside_s": round(total - spent["s"], 3), "outside_share": round((total - spent["s"]) / total, 4),
-        "mpix_per_s": round(mpix / total, 4),
+        "mpix_per_s": round(mpix / total, 4), "peak_rss_mib": peak_rss_mib(),
     }))
 
 

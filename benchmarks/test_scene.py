@@ -90,4 +90,6 @@ def test_peak_rss_does_not_grow_with_rows() -> None:
     if base is not None:
         lines.append(f"interpreter + libraries (256x256 scene) {base['peak_rss_mib']:.0f} MiB")
     print("\n" + "; ".join(lines))
-    assert t["peak_rss_mib"] / a["peak_rss_mib"] < 1.25
+    assert t["peak_rss_mib"] / a["peak_rss_mib"] < 1.25, (
+        "peak RSS grows with the number of rows; GDAL's block cache (GDAL_CACHEMAX, default 5 % of RAM) fills "
+        "as the scene streams unless the runtime caps it")

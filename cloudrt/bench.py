@@ -375,12 +375,16 @@ def _onnx_meta(path: Path) -> dict[str, str]:
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     meta = dict(sess.get_modelmeta().custom_metadata_map)
-    meta["_tile"] = str(sess.get_inputs()[0].shape[2])
+    shape = sess.get_inputs()[0].shape
+    meta["_tile"] = str(shape[2])
+    meta["_batch"] = str(shape[0]) if isinstance(shape[0], int) else "dynamic"
     return meta
 
 
 def export_paths(spec: ModelSpec, tile: int, half: bool, log: Log = _quiet) -> Path:
-    """The ONNX file for ``spec`` at ``tile`` (FP32 or mixed FP16), exported once into the user cache."""
+    """The ONNX file for ``spec`` at ``tile`` (FP32 or mixed FP16): the shipped ``export/carf-demo*.onnx``
+    when it was exported from these very weights at this tile (dynamic batch), else exported once into the
+    user cache."""
     if spec.module is None:
         assert spec.onnx is not None
         if not half:
@@ -397,7 +401,15 @@ def export_paths(spec: ModelSpec, tile: int, half: bool, log: Log = _quiet) -> P
             atomic_write_bytes(out, convert_fp16(onnx.load(str(spec.onnx))).SerializeToString())
         return out
     from cloudrt.export import default_onnx_path, export_onnx, resolve_model
+    from cloudrt.paths import DEFAULT_ONNX, DEFAULT_ONNX_FP16
 
+    sha = spec.info.get("weights_sha256")
+    shipped = DEFAULT_ONNX_FP16 if half else DEFAULT_ONNX
+    if sha and shipped.is_file():
+        meta = _onnx_meta(shipped)
+        if (meta.get("weights_sha256"), meta["_tile"], meta["_batch"], meta.get("precision")) == (
+                sha, str(tile), "dynamic", "fp16" if half else "fp32"):
+            return shipped
     _, prov = resolve_model(spec.module)
     preset = str((getattr(spec.module, "config", {}) or {}).get("preset", "model"))
     path = default_onnx_path(preset, prov["weights_sha256"], tile, half, None)

@@ -6,7 +6,6 @@ Never unpickles: weights load with ``safetensors``; training state (``*.state.pt
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 from cloudrt._version import __version__
 from cloudrt.errors import ModelError
+from cloudrt.fileutil import atomic_write_bytes, file_sha256
 from cloudrt.preprocess import NORMALIZATION
 
 
@@ -24,22 +24,7 @@ def _stem(path: str | os.PathLike) -> Path:
 
 def weights_sha256(path: str | os.PathLike) -> str:
     """sha256 of a checkpoint's .safetensors file."""
-    p = _stem(path).with_suffix(".safetensors")
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    return file_sha256(_stem(path).with_suffix(".safetensors"))
 
 
 def save_checkpoint(model: Any, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
@@ -50,7 +35,7 @@ def save_checkpoint(model: Any, path: str | os.PathLike, meta: dict[str, Any] | 
     stem.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
     st_path = stem.with_suffix(".safetensors")
-    _atomic_write_bytes(st_path, save(sd, metadata={"cloudrt_version": __version__}))
+    atomic_write_bytes(st_path, save(sd, metadata={"cloudrt_version": __version__}))
     info = {
         "format": "cloudrt-checkpoint/1",
         "cloudrt_version": __version__,
@@ -60,7 +45,7 @@ def save_checkpoint(model: Any, path: str | os.PathLike, meta: dict[str, Any] | 
         **(meta or {}),
         "weights_sha256": weights_sha256(st_path),
     }
-    _atomic_write_bytes(stem.with_suffix(".json"), (json.dumps(info, indent=2) + "\n").encode())
+    atomic_write_bytes(stem.with_suffix(".json"), (json.dumps(info, indent=2) + "\n").encode())
     return st_path
 
 

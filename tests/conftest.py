@@ -53,3 +53,14 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def samples_dir(shared_data: Path) -> Path:
     return shared_data / "sen12mscr-samples"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """kornia/torch on a busy 2-core box: 2 intra-op threads made SSIM ~50x slower than 1 (measured)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -93,6 +93,7 @@ def write_tif(path: Path, data: np.ndarray, crs: str | None = "EPSG:32631",
     from affine import Affine
 
     data = np.asarray(data)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
                    dtype=data.dtype.name, nodata=nodata, **kw)
     if crs is not None:

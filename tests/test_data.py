@@ -9,19 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from affine import Affine
+from runtime_helpers import write_tif
 
 from cloudrt import data as D
 from cloudrt.errors import InputError
 from cloudrt.preprocess import normalize_optical, normalize_sar
-
-
-def _write_tif(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    geo = {"crs": "EPSG:32632", "transform": Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0)}
-    with rasterio.open(path, "w", driver="GTiff", width=arr.shape[2], height=arr.shape[1], count=arr.shape[0],
-                       dtype=arr.dtype, **geo) as ds:
-        ds.write(arr)
 
 
 def _triplet_arrays(rng: np.random.Generator, size: int) -> dict[str, np.ndarray]:
@@ -45,13 +37,13 @@ def official_tree(tmp_path: Path) -> Path:
     for region, scene, patch in OFFICIAL:
         arrs = _triplet_arrays(rng, 32)
         for kind in ("s1", "s2", "s2_cloudy"):
-            _write_tif(root / f"{region}_{kind}" / f"{kind}_{scene}" / f"{region}_{kind}_{scene}_p{patch}.tif",
+            write_tif(root / f"{region}_{kind}" / f"{kind}_{scene}" / f"{region}_{kind}_{scene}_p{patch}.tif",
                        arrs[kind])
     # an S1 file without optical twins and an unrelated file: neither is a sample
-    _write_tif(root / "ROIs1970_fall_s1" / "s1_3" / "ROIs1970_fall_s1_3_p1.tif", arrs["s1"])
-    _write_tif(root / "ROIs1158_spring_s2" / "s2_26" / "notes.tif", arrs["s2"])
+    write_tif(root / "ROIs1970_fall_s1" / "s1_3" / "ROIs1970_fall_s1_3_p1.tif", arrs["s1"])
+    write_tif(root / "ROIs1158_spring_s2" / "s2_26" / "notes.tif", arrs["s2"])
     # a clear-only patch (no s1, no cloudy): listed, not a triplet
-    _write_tif(root / "ROIs1970_fall_s2" / "s2_3" / "ROIs1970_fall_s2_3_p2.tif", arrs["s2"])
+    write_tif(root / "ROIs1970_fall_s2" / "s2_3" / "ROIs1970_fall_s2_3_p2.tif", arrs["s2"])
     return root
 
 
@@ -122,7 +114,7 @@ def test_parent_of_flat_folders_is_not_read_as_official(tmp_path: Path) -> None:
     # s2-pairs style names (*_s2_*) inside s2_cloudy/ must not be taken for official clear-S2 files
     a = np.full((13, 16, 16), 100, np.uint16)
     for kind in ("s2", "s2_cloudy"):
-        _write_tif(tmp_path / "pairs" / kind / "ROIs1158_spring_s2_26_p100.tif", a)
+        write_tif(tmp_path / "pairs" / kind / "ROIs1158_spring_s2_26_p100.tif", a)
     with pytest.raises(InputError, match="pass one of them"):
         D.find_samples(tmp_path)
     (s,) = D.find_samples(tmp_path / "pairs")
@@ -131,11 +123,11 @@ def test_parent_of_flat_folders_is_not_read_as_official(tmp_path: Path) -> None:
 
 def test_load_sample_grid_mismatch(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    _write_tif(tmp_path / "s2" / "a.tif", rng.integers(0, 9, (13, 16, 16)).astype(np.uint16))
-    _write_tif(tmp_path / "s2_cloudy" / "a.tif", rng.integers(0, 9, (13, 16, 24)).astype(np.uint16))
+    write_tif(tmp_path / "s2" / "a.tif", rng.integers(0, 9, (13, 16, 16)).astype(np.uint16))
+    write_tif(tmp_path / "s2_cloudy" / "a.tif", rng.integers(0, 9, (13, 16, 24)).astype(np.uint16))
     with pytest.raises(InputError, match="different sizes"):
         D.load_sample(D.find_samples(tmp_path)[0])
-    _write_tif(tmp_path / "s2" / "b.tif", rng.integers(0, 9, (4, 16, 16)).astype(np.uint16))
+    write_tif(tmp_path / "s2" / "b.tif", rng.integers(0, 9, (4, 16, 16)).astype(np.uint16))
     with pytest.raises(InputError, match="13"):
         D.load_sample({s.name: s for s in D.find_samples(tmp_path)}["b"])
 
@@ -203,7 +195,7 @@ def flat_tree(tmp_path: Path) -> Path:
     for i in range(3):
         arrs = _triplet_arrays(rng, 32)
         for kind, a in arrs.items():
-            _write_tif(tmp_path / kind / f"p{i}.tif", a)
+            write_tif(tmp_path / kind / f"p{i}.tif", a)
     return tmp_path
 
 
@@ -301,7 +293,7 @@ def test_dataset_synthetic_clouds_brighten_input_and_keep_target(shared_data: Pa
 def test_missing_cloudy_needs_synthetic(tmp_path: Path) -> None:
     from cloudrt.data import PatchDataset
 
-    _write_tif(tmp_path / "s2" / "a.tif", np.full((13, 32, 32), 500, np.uint16))
+    write_tif(tmp_path / "s2" / "a.tif", np.full((13, 32, 32), 500, np.uint16))
     samples = D.find_samples(tmp_path)
     with pytest.raises(InputError, match="synthetic_clouds"):
         PatchDataset(samples)

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
-from affine import Affine
+from runtime_helpers import write_tif
 from skimage.metrics import peak_signal_noise_ratio
 
 from cloudrt import metrics as M
@@ -20,23 +19,7 @@ from cloudrt.preprocess import normalize_optical, normalize_sar
 SIZE = 48  # not a multiple of the model's size divisor (32): exercises reflect padding
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """kornia/torch on a busy 2-core box: 2 intra-op threads made SSIM ~50x slower than 1 (measured)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _write_tif(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    geo = {"crs": "EPSG:32632", "transform": Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0)}
-    with rasterio.open(path, "w", driver="GTiff", width=arr.shape[2], height=arr.shape[1], count=arr.shape[0],
-                       dtype=arr.dtype, **geo) as ds:
-        ds.write(arr)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _patch(rng: np.random.Generator, cloud_rows: int) -> dict[str, np.ndarray]:
@@ -63,14 +46,14 @@ def flat_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, (rows, mask_rows, has_ref) in LAYOUT.items():
         arrs = _patch(rng, rows)
         for kind, a in arrs.items():
-            _write_tif(root / kind / f"{name}.tif", a)
+            write_tif(root / kind / f"{name}.tif", a)
         if mask_rows is not None:
             m = np.zeros((1, SIZE, SIZE), np.uint8)
             m[0, :mask_rows] = 1
-            _write_tif(root / "cloudmask" / f"{name}.tif", m)
+            write_tif(root / "cloudmask" / f"{name}.tif", m)
         if has_ref:
             ref = np.clip(arrs["s2"].astype(np.int32) + rng.integers(-200, 200, arrs["s2"].shape), 0, None)
-            _write_tif(root / "reference" / f"{name}.tif", ref.astype(np.uint16))
+            write_tif(root / "reference" / f"{name}.tif", ref.astype(np.uint16))
     return root
 
 
@@ -153,7 +136,7 @@ def test_official_layout(tmp_path: Path) -> None:
     for region, scene, patch in (("ROIs1158_spring", "26", "100"), ("ROIs1868_summer", "101", "840")):
         arrs = _patch(rng, 12)
         for kind, a in arrs.items():
-            _write_tif(tmp_path / f"{region}_{kind}" / f"{kind}_{scene}" / f"{region}_{kind}_{scene}_p{patch}.tif", a)
+            write_tif(tmp_path / f"{region}_{kind}" / f"{kind}_{scene}" / f"{region}_{kind}_{scene}_p{patch}.tif", a)
     r = evaluate(tmp_path, predict_fn=_identity)
     assert [x["name"] for x in r["per_patch"]] == ["ROIs1158_spring_26_p100", "ROIs1868_summer_101_p840"]
     assert all(x["cloud_cover"] == pytest.approx(12 / 48) for x in r["per_patch"])

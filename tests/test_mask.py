@@ -14,25 +14,11 @@ import pytest
 
 from cloudrt.errors import InputError
 from cloudrt.mask import cloud_mask, cloud_score, shadow_mask
-from cloudrt.paths import shared_data_dir
 from cloudrt.preprocess import normalize_optical
 
 # Eq. 13 as written in METHOD.md: (band indices summed, a, b) of rescale(sum, a, b) on reflectance.
 TERMS = (((1,), "0.1", "0.5"), ((0,), "0.1", "0.3"), ((0, 10), "0.15", "0.2"), ((1, 2, 3), "0.2", "0.8"))
 NEAR = 1e-9  # float64 errors here are ~1e-16; pixels this close to a threshold are re-decided exactly
-
-
-def _shared_data_path() -> Path:
-    d = shared_data_dir()
-    if d is None:
-        pytest.skip("shared SEN12MS-CR samples (../shared/data) not present")
-    return d
-
-
-@pytest.fixture(scope="module")
-def shared_data() -> Path:
-    # Same name as the lead's conftest fixture; this local one keeps the file self-contained.
-    return _shared_data_path()
 
 
 @cache

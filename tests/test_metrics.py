@@ -18,15 +18,7 @@ from cloudrt.preprocess import normalize_optical
 SSIM_TOL = 2e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """kornia/torch on a busy 2-core box: 2 intra-op threads made SSIM ~50x slower than 1 (measured)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _sk_ssim(pred: np.ndarray, target: np.ndarray) -> float:

@@ -25,33 +25,11 @@ from typing import Any
 
 from cloudrt._version import __version__
 from cloudrt.errors import InputError, ModelError
+from cloudrt.fileutil import atomic_write_bytes, file_sha256
 
 SIDECAR_FORMAT = "cloudrt-trt-engine/1"
 PRECISIONS = ("fp32", "fp16")
 DEFAULT_ENGINE_BATCH = "1:4:8"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary file next to ``path``, then rename it into place."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return p
 
 
 def parse_batch(spec: int | str | None, default: str = DEFAULT_ENGINE_BATCH) -> tuple[int, int, int]:
