@@ -169,11 +169,26 @@ def open_writer(path: str | os.PathLike, profile: dict[str, Any]) -> Any:
         return rasterio.open(path, "w", **profile)
 
 
-def read_rows(ds: Any, r0: int, r1: int) -> np.ndarray:
-    """All bands of rows ``[r0, r1)`` at full width."""
+def read_rows(ds: Any, r0: int, r1: int, c0: int = 0, c1: int | None = None) -> np.ndarray:
+    """All bands of rows ``[r0, r1)`` and columns ``[c0, c1)`` (default: the full width), read as one
+    window, so the buffer is ``O(c1 - c0)``, not ``O(width)``."""
     from rasterio.windows import Window
 
-    return ds.read(window=Window(0, r0, ds.width, r1 - r0))
+    c1 = ds.width if c1 is None else c1
+    return ds.read(window=Window(c0, r0, c1 - c0, r1 - r0))
+
+
+GDAL_CACHE_MB = 256
+"""GDAL block cache (MB) while the runtime streams a scene (GDAL's own default is 5 % of RAM, which makes
+the RSS grow with the rows read); a ``GDAL_CACHEMAX`` environment variable set by the user wins."""
+
+
+def gdal_env() -> Any:
+    """``rasterio.Env`` capping GDAL's block cache to :data:`GDAL_CACHE_MB` unless ``GDAL_CACHEMAX`` is set."""
+    rasterio = _rasterio()
+    if os.environ.get("GDAL_CACHEMAX"):
+        return rasterio.Env()
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20)  # rasterio hands the number to GDAL as bytes
 
 
 def band_descriptions(ds: Any, default: tuple[str, ...]) -> tuple[str, ...]:

@@ -14,7 +14,9 @@ the scene borders normalize correctly.
 
 :func:`blend_rows` streams: it reads the scene by groups of tile rows, batches the tiles for the backend,
 and yields finished rows of the prediction in order. Its memory is ``O(width * tile)``, independent of
-the number of rows.
+the number of rows. For memory independent of the width too, a wide scene is cut into vertical column
+panels (:func:`panel_cores`, :func:`panel_window`): each panel is tiled on its own, on a window wide enough
+and placed on the scene's tile grid so that its core columns get exactly the single-pass result.
 """
 
 from __future__ import annotations
@@ -80,6 +82,41 @@ class AxisTiling:
         return np.arange(self.count) * self.stride
 
 
+def panel_cores(width: int, panel: int, align: int = 1) -> list[tuple[int, int]]:
+    """Core column ranges ``[c0, c1)`` covering ``[0, width)``: ``panel`` columns each (rounded down to a
+    multiple of ``align``, at least ``align``), the last one shorter; one range when the scene fits."""
+    step = max(align, panel // align * align)
+    return [(c, min(width, c + step)) for c in range(0, width, step)]
+
+
+def panel_window(c0: int, c1: int, length: int, tile: int, overlap: int, reach: int = 0) -> tuple[int, int]:
+    """The columns ``[x0, x1)`` to read and tile so that core columns ``[c0, c1)`` get exactly the blend of
+    the single pass over an axis of ``length``.
+
+    Single-pass tiles start at scene column ``k * stride - margin`` (:class:`AxisTiling`). ``x0`` is a
+    multiple of the stride (0 at the scene's left edge), so the tiles of the window, which start at
+    ``x0 - margin``, are single-pass tiles. Only tiles that reach past the window (reflect-padded there)
+    differ: on the left, the window's first tile (the only one when ``2 overlap <= tile``), so
+    ``x0 <= c0 - (tile - margin)``; on the right ``x1`` is the end of the last tile starting before ``c1``.
+    So every tile touching the core lies wholly inside the window (same data, weights, skip decision and
+    summation order). At the scene's edges the window also keeps the columns the edge tiles' reflect padding
+    mirrors. ``reach``: the halo of other windowed per-pixel work (masks, feathering), which then
+    also sees the same data for every core pixel.
+    """
+    s, m = tile - overlap, overlap
+    left = max(tile - m if 2 * m <= tile else tile, reach)
+    x0 = 0 if c0 - left <= 0 else (c0 - left) // s * s
+    last = (c1 - 1 + m) // s * s - m  # start of the last single-pass tile starting before c1
+    x1 = min(length, max(last + tile, c1 + reach))
+    # at a scene edge, the edge tiles' reflect padding mirrors scene columns: keep those in the window
+    if x0 == 0:
+        x1 = max(x1, min(length, m + 1))
+    if x1 == length:
+        end = AxisTiling(length, tile, overlap).padded - m  # scene column after the last tile
+        x0 = min(x0, max(0, (2 * length - 1 - end) // s * s))
+    return x0, x1
+
+
 def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
     """Map (possibly out-of-range) indices onto ``[0, n)`` by mirror reflection without repeating the edge
     (NumPy's ``np.pad(mode="reflect")``), repeated as often as needed; ``n == 1`` maps everything to 0."""
@@ -130,6 +167,7 @@ def blend_rows(
     bands_out: int = 13,
     normalize: Normalizer = _as_float,
     chunk: int = 2048,
+    cols: tuple[int, int] | None = None,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Stream the blended prediction of a ``height x width`` scene.
 
@@ -138,7 +176,9 @@ def blend_rows(
     weight (every tile around them was all-invalid and skipped) are 0. Tiles with no valid pixel are not
     run. ``batch`` caps the tiles per backend call; several tile rows are grouped when a row has fewer
     tiles than ``batch`` (small scenes). ``normalize`` turns raw rows into model units by column chunks of
-    ``chunk`` pixels, written straight into the padded window (no full-width temporaries).
+    ``chunk`` pixels, written straight into the padded window (no full-width temporaries). ``cols=(lo, hi)``
+    runs only the tiles touching scene columns ``[lo, hi)``: those columns are exact, the others are not
+    (a panel's discarded margin).
     """
     ty, tx = AxisTiling(height, tile, overlap), AxisTiling(width, tile, overlap)
     s, m = ty.stride, ty.margin
@@ -146,7 +186,9 @@ def blend_rows(
     col_map = reflect_index(np.arange(tx.padded) - tx.margin, width)
     pad_cols = np.r_[np.arange(tx.margin), np.arange(tx.margin + width, tx.padded)]
     col_origins = tx.origins()
-    rows_per_group = max(1, batch // tx.count)
+    if cols is not None:  # tiles cover scene columns [o - margin, o - margin + tile)
+        col_origins = col_origins[(col_origins - tx.margin < cols[1]) & (col_origins - tx.margin + tile > cols[0])]
+    rows_per_group = max(1, batch // max(1, len(col_origins)))
 
     carry: np.ndarray | None = None  # accumulated (bands_out + 1, overlap, padded width) from the last group
     next_row = 0  # first scene row not yet yielded

@@ -201,3 +201,39 @@ def test_band_descriptions_default_and_kept(tmp_path: Path) -> None:
         assert band_descriptions(a, tuple("x" * 13)) == names
     with rasterio.open(write_tif(tmp_path / "b.tif", opt)) as b:
         assert band_descriptions(b, ("d",) * 13) == ("d",) * 13
+
+
+def _gdal_cache_max_mb() -> float | None:
+    """GDAL's block-cache limit in this process, asked from rasterio's bundled libgdal (None if not found)."""
+    import ctypes
+    import glob
+    import os
+
+    import rasterio
+
+    libs = glob.glob(os.path.dirname(rasterio.__file__) + ".libs/libgdal*")
+    if not libs:
+        return None
+    lib = ctypes.CDLL(libs[0])
+    lib.GDALGetCacheMax64.restype = ctypes.c_int64
+    return lib.GDALGetCacheMax64() / 2**20
+
+
+def test_gdal_env_caps_the_block_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gdal_env sets GDAL_CACHEMAX to GDAL_CACHE_MB megabytes (as bytes: rasterio passes a number to GDAL
+    as bytes) and restores it on exit; a user-set GDAL_CACHEMAX is left alone."""
+    import rasterio
+
+    from cloudrt.io import GDAL_CACHE_MB, gdal_env
+
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    before = _gdal_cache_max_mb()
+    with gdal_env():
+        assert rasterio.env.getenv()["GDAL_CACHEMAX"] == GDAL_CACHE_MB * 2**20
+        inside = _gdal_cache_max_mb()
+    if inside is not None:
+        assert inside == pytest.approx(GDAL_CACHE_MB)
+        assert _gdal_cache_max_mb() == pytest.approx(before)
+    monkeypatch.setenv("GDAL_CACHEMAX", "64")
+    with gdal_env():
+        assert "GDAL_CACHEMAX" not in rasterio.env.getenv()

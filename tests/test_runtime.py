@@ -241,8 +241,8 @@ def test_thread_safe_shared_runtime(models: dict[str, Path]) -> None:
 
 def test_streaming_memory_is_independent_of_rows(models: dict[str, Path], tmp_path: Path) -> None:
     """Peak NumPy memory (tracemalloc) of predict_file for a 4x taller scene stays within 25 % of the short
-    one's: it is O(width), measured ~18-20 KB per column here (tile 32; ~48 KB per column at tile 256, i.e.
-    ~530 MB for a 10980-px-wide granule)."""
+    one's: it is O(min(width, panel)), measured ~18-20 KB per column here (tile 32, a single panel at this
+    width; test_panel_memory_is_independent_of_width covers wide scenes)."""
     rt = Runtime(models["k1"], batch=4)
     files = {}
     for h in (64, 256, 1024):
@@ -291,6 +291,101 @@ def test_column_chunks_do_not_change_the_result(models: dict[str, Path]) -> None
     np.testing.assert_array_equal(outs[0][0], outs[1][0])
     np.testing.assert_array_equal(outs[0][1], outs[1][1])
     np.testing.assert_array_equal(outs[0][1] == 1, cloud_mask(opt, "sen12mscr"))
+
+
+@pytest.mark.parametrize("composite", [True, False])
+def test_column_panels_equal_the_single_pass(models: dict[str, Path], composite: bool) -> None:
+    """A scene 6 panels wide (panel 64 columns, tile 32, 3x3 conv: tile edges matter) with a NaN stripe
+    (skipped tiles) gives bit-identical output and mask to the single pass: the panel windows are on the
+    single pass's tile grid and cover every tile and mask halo (16 px) of their core columns, and ORT's
+    conv is per-sample, so no tolerance is needed."""
+    from cloudrt.runtime.scene import run_scene
+
+    h, w = 70, 365
+    opt, sar = synthetic_scene(h, w, seed=11)
+    opt = opt.astype(np.float32)
+    opt[:, 10:60, 150:200] = np.nan
+    rt = Runtime(models["k3"], mask_method="sen12mscr")
+    outs, stats = [], []
+    for panel in (64, 10_000):
+        sink = ArraySink(13, h, w, None, want_mask=True)
+        stats.append(run_scene(ArraySource(opt, sar), rt.backend.run, sink, tile=rt.tile, overlap=rt.overlap,
+                               batch=3, composite=composite, mask_method="sen12mscr", want_mask=True, block=32,
+                               chunk=48, panel=panel))
+        outs.append((sink.out, sink.mask))
+    assert stats[0]["panels"] == 6 and stats[1]["panels"] == 1
+    assert stats[0]["tiles"] > stats[1]["tiles"]  # the panel margins are recomputed
+    assert (stats[0]["valid"], stats[0]["cloud"]) == (stats[1]["valid"], stats[1]["cloud"])
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+    assert np.isnan(outs[0][0][:, 20, 170]).all() and outs[0][1][20, 170] == 255
+
+
+def test_panelled_predict_file_equals_single_pass(models: dict[str, Path], tmp_path: Path) -> None:
+    """Through predict_file (column-window reads and block-aligned column-window writes of GeoTIFFs, image and
+    mask): panels of 256 columns on a 600-px-wide scene give the same files as one pass."""
+    opt, sar = synthetic_scene(48, 600, seed=5)
+    o, s = write_tif(tmp_path / "o.tif", opt), write_tif(tmp_path / "s.tif", sar)
+    res = {}
+    for panel in (256, 4096):
+        rt = Runtime(models["k3"], panel=panel)
+        stats = rt.predict_file(o, s, tmp_path / f"out{panel}.tif", mask_out=tmp_path / f"m{panel}.tif")
+        with rasterio.open(tmp_path / f"out{panel}.tif") as a, rasterio.open(tmp_path / f"m{panel}.tif") as m:
+            res[panel] = (a.read(), m.read(), stats["panels"])
+    assert res[256][2] == 3 and res[4096][2] == 1
+    np.testing.assert_array_equal(res[256][0], res[4096][0])
+    np.testing.assert_array_equal(res[256][1], res[4096][1])
+
+
+def test_panel_memory_is_independent_of_width(models: dict[str, Path]) -> None:
+    """Peak NumPy allocation (tracemalloc; inputs and output preallocated) of a whole-scene run with mask:
+    with 128-column panels it is the same for a 1024- and a 4096-px-wide scene (within 15 %), while the
+    single pass grows with the width (the measurement can tell)."""
+    from cloudrt.runtime.scene import run_scene
+
+    rt = Runtime(models["k1"], batch=4)
+    peaks = {}
+    for w in (1024, 4096):
+        opt, sar = synthetic_scene(64, w, seed=w)
+        for panel in (128, 100_000):
+            sink = ArraySink(13, 64, w, None, want_mask=True)
+            tracemalloc.start()
+            run_scene(ArraySource(opt, sar), rt.backend.run, sink, tile=rt.tile, overlap=rt.overlap, batch=4,
+                      want_mask=True, block=64, panel=panel)
+            peaks[w, panel] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+    print({k: f"{v / 2**20:.2f} MiB" for k, v in peaks.items()})
+    assert peaks[4096, 128] < 1.15 * peaks[1024, 128]
+    assert peaks[4096, 100_000] > 2.5 * peaks[1024, 100_000]
+
+
+def test_predict_file_caps_gdal_cache(models: dict[str, Path], tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Python API (not only the CLI) streams a file scene with GDAL's block cache capped."""
+    from cloudrt.io import GDAL_CACHE_MB
+
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    opt, sar = synthetic_scene(40, 50, seed=2)
+    o, s = write_tif(tmp_path / "o.tif", opt), write_tif(tmp_path / "s.tif", sar)
+    seen = []
+    Runtime(models["k1"]).predict_file(o, s, tmp_path / "out.tif",
+                                       progress=lambda d, t: seen.append(rasterio.env.getenv().get("GDAL_CACHEMAX")))
+    assert seen and set(seen) == {GDAL_CACHE_MB * 2**20}
+
+
+def test_onnx_cpu_session_options(models: dict[str, Path]) -> None:
+    """The CPU session uses the bench's options: physical-core intra-op threads, no spin-waiting, full graph
+    optimization, and batch 1 by default (fastest for ORT on CPU in the bench)."""
+    import onnxruntime as ort
+
+    from cloudrt.runtime.onnx_backend import physical_cores
+
+    rt = Runtime(models["k1"], backend="cpu")
+    so = rt.backend.session.get_session_options()
+    assert so.intra_op_num_threads == physical_cores()
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert rt.batch == 1
 
 
 def test_predict_file_on_real_sample(models: dict[str, Path], shared_data: Path, tmp_path: Path) -> None:

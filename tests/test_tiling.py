@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 from runtime_helpers import reference_conv
 
-from cloudrt.tiling import AxisTiling, blend_array, blend_rows, ramp, reflect_index, tile_weight
+from cloudrt.tiling import (
+    AxisTiling,
+    blend_array,
+    blend_rows,
+    panel_cores,
+    panel_window,
+    ramp,
+    reflect_index,
+    tile_weight,
+)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 40])
@@ -162,3 +171,58 @@ def test_shift_gives_same_interior() -> None:
     assert d[0] > 0.1  # without overlap the seams move with the grid (measured 0.84)
     # measured 0.0025 = 0.3 % of the seam error: edge weight sin^2(pi/64) = 0.24 %, corners slightly more
     assert d[16] < 0.005 * d[0]
+
+
+def _tile_context_run(o: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """A model whose output depends on the whole tile: 3x3 conv with zero padding at the tile edge plus the
+    tile's mean, so a tile fed other data (reflect padding at a panel edge) or placed elsewhere differs."""
+    out = _conv_run(3, 0.5)(o, s)
+    return out + 0.1 * o.mean(axis=(1, 2, 3), keepdims=True)
+
+
+@pytest.mark.parametrize(("w", "tile", "overlap", "panel"), [(157, 32, 8, 40), (100, 32, 16, 24), (131, 48, 5, 50),
+                                                             (64, 16, 0, 16), (203, 32, 20, 30), (90, 16, 8, 8),
+                                                             (77, 24, 3, 16)])
+def test_panels_reproduce_the_single_pass_exactly(w: int, tile: int, overlap: int, panel: int) -> None:
+    """Each panel window (tiled on its own) gives bit-identical core columns to the whole-scene pass, also
+    with skipped all-invalid tiles: its tiles are the single pass's tiles (same data, weights, summation
+    order), so no tolerance is needed."""
+    h = 45
+    rng = np.random.default_rng(w)
+    opt = rng.random((13, h, w), dtype=np.float32)
+    sar = rng.random((2, h, w), dtype=np.float32)
+    valid = np.ones((h, w), dtype=bool)
+    valid[:, 40:75] = False  # whole tiles skipped in the middle
+    valid[30:, w - 7 :] = False
+    single = blend_array(opt, sar, _tile_context_run, tile, overlap, 3, valid=valid)
+    cores = panel_cores(w, panel, 8)
+    assert len(cores) >= 3 and cores[0][0] == 0 and cores[-1][1] == w
+    assert all(a[1] == b[0] for a, b in zip(cores, cores[1:], strict=False))
+    stride = tile - overlap
+    for c0, c1 in cores:
+        x0, x1 = panel_window(c0, c1, w, tile, overlap, reach=6)
+        assert x0 % stride == 0 and (x0 == 0 or x0 <= c0 - 6) and (x1 == w or x1 >= c1 + 6)
+        part = blend_array(opt[:, :, x0:x1], sar[:, :, x0:x1], _tile_context_run, tile, overlap, 3,
+                           valid=valid[:, x0:x1])
+        np.testing.assert_array_equal(part[:, :, c0 - x0 : c1 - x0], single[:, :, c0:c1])
+        # only the tiles touching the core: the same core columns
+        ro, rs = np.concatenate([opt[:, :, x0:x1], valid[None, :, x0:x1]]), sar[:, :, x0:x1]
+        got = np.concatenate([p for _, _, p in blend_rows(
+            lambda a, b, ro=ro, rs=rs: (ro[:, a:b], rs[:, a:b]), _tile_context_run, h, x1 - x0, tile, overlap, 3,
+            normalize=lambda o, s_: (o[:-1], s_, o[-1] > 0.5), cols=(c0 - x0, c1 - x0))], axis=1)
+        np.testing.assert_array_equal(got[:, :, c0 - x0 : c1 - x0], single[:, :, c0:c1])
+
+
+def test_misplaced_panel_window_would_differ() -> None:
+    """The check above can fail: a window off the tile grid (x0 not a multiple of the stride) changes the
+    core columns."""
+    h, w, tile, overlap = 40, 150, 32, 8
+    rng = np.random.default_rng(1)
+    opt = rng.random((13, h, w), dtype=np.float32)
+    sar = rng.random((2, h, w), dtype=np.float32)
+    single = blend_array(opt, sar, _tile_context_run, tile, overlap, 3)
+    c0, c1 = 64, 96
+    x0, x1 = panel_window(c0, c1, w, tile, overlap)
+    bad = x0 + 5
+    part = blend_array(opt[:, :, bad:x1], sar[:, :, bad:x1], _tile_context_run, tile, overlap, 3)
+    assert np.abs(part[:, :, c0 - bad : c1 - bad] - single[:, :, c0:c1]).max() > 1e-3

@@ -47,33 +47,39 @@ def register(app: typer.Typer) -> None:
             _print_table(result, format_table)
 
 
+_LABELS = {"ms_per_batch": "ms/batch", "tiles_per_s": "tiles/s", "mpix_per_s": "MPix/s", "gflops": "GFLOP/s",
+           "peak_share": "of peak"}
+
+
 def _print_table(result: dict, format_table: object) -> None:
-    """A rich table on a terminal, the Markdown table otherwise (pipes, files)."""
+    """A rich table on a wide enough terminal, the Markdown table otherwise (pipes, files, narrow)."""
     import sys
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
 
     from cloudrt.bench import _fmt, table_columns
 
-    if not sys.stdout.isatty():
+    con = Console()
+    if not sys.stdout.isatty() or con.width < 100:
         typer.echo(format_table(result))  # type: ignore[operator]
         _print_summary(result)
         return
-    from rich.console import Console
-    from rich.table import Table
-
     sysinfo = result["system"]
     gpu = f", {sysinfo['gpu']}" if sysinfo.get("gpu") else ""
-    table = Table(title=f"cloudrt bench: {sysinfo['device']}{gpu}, {sysinfo['threads']} threads, "
-                        f"median of {sysinfo['rounds']} rounds")
-    cols = table_columns(result)
+    table = Table(title=f"cloudrt bench: {sysinfo['device']}{gpu}, tile {sysinfo['tile']}, {sysinfo['threads']} "
+                        f"threads, median of {sysinfo['rounds']} rounds")
+    cols = [c for c in table_columns(result) if c not in ("device", "tile")]
     for c in cols:
-        table.add_column(c, justify="left" if c in ("backend", "precision", "device") else "right")
+        table.add_column(_LABELS.get(c, c), justify="left" if c in ("backend", "precision") else "right",
+                         no_wrap=True)
     for r in result["rows"]:
         table.add_row(*[_fmt(r.get(c), c) for c in cols])
-    con = Console()
     con.print(table)
     for s in sysinfo.get("skipped") or []:
         b = f" batch {s['batch']}" if "batch" in s else ""
-        con.print(f"[dim]skipped {s['backend']} {s['precision']}{b}: {s['reason']}[/dim]", highlight=False)
+        con.print(f"[dim]skipped {s['backend']} {s['precision']}{b}: {escape(s['reason'])}[/dim]", highlight=False)
     _print_summary(result)
 
 

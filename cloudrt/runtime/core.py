@@ -14,6 +14,7 @@ from cloudrt.runtime.backends import load_backend
 from cloudrt.runtime.base import Backend
 from cloudrt.runtime.scene import (
     DEFAULT_FEATHER,
+    PANEL,
     ArraySink,
     ArraySource,
     Progress,
@@ -50,13 +51,16 @@ class Runtime:
     ``cuda``, ``cpu`` or ``torch``. ``tile`` (default: the model's), ``overlap`` (default
     :func:`default_overlap`), ``batch`` (tiles per backend call). ``mask_method``: ``paper`` or
     ``sen12mscr`` (:func:`cloudrt.mask.cloud_mask`); ``feather``: compositing edge width in pixels.
+``panel``: core columns per vertical panel of wide scenes (default :data:`cloudrt.runtime.scene.PANEL`;
+results are identical for any value, memory grows with it). File scenes run with GDAL's block cache capped
+(:func:`cloudrt.io.gdal_env`) unless ``GDAL_CACHEMAX`` is set.
 
     One instance may be shared by several threads: :meth:`predict` keeps no state between calls.
     """
 
     def __init__(self, model: Any = None, backend: str = "auto", device: str | None = None,
                  tile: int | None = None, overlap: int | None = None, batch: int | None = None,
-                 mask_method: str = "paper", feather: int = DEFAULT_FEATHER) -> None:
+                 mask_method: str = "paper", feather: int = DEFAULT_FEATHER, panel: int | None = None) -> None:
         from cloudrt.mask import METHODS
 
         if mask_method not in METHODS:
@@ -67,6 +71,9 @@ class Runtime:
             raise InputError(f"batch must be >= 1, got {batch}; pass e.g. --batch 4.")
         if feather < 0:
             raise InputError(f"feather must be >= 0 pixels, got {feather}.")
+        if panel is not None and panel < 1:
+            raise InputError(f"panel must be >= 1 column, got {panel}; pass e.g. panel=2048.")
+        self.panel = PANEL if panel is None else int(panel)
         self.backend: Backend = load_backend(model, backend, device, batch)
         self.requested_backend = backend
         self.tile = self.backend.resolve_tile(tile)
@@ -154,7 +161,9 @@ class Runtime:
         for p in (output, mask_out):
             if p is not None:
                 check_output_path(p, overwrite, inputs=(optical, sar))
-        with open_scene(optical, sar, align=align) as src:
+        from cloudrt.io import gdal_env
+
+        with gdal_env(), open_scene(optical, sar, align=align) as src:
             return self.predict_source(src, output, mask_out=mask_out, composite=composite,
                                        overwrite=overwrite, progress=progress)
 
@@ -165,12 +174,13 @@ class Runtime:
         import contextlib
 
         from cloudrt._version import __version__
-        from cloudrt.io import atomic_output, band_descriptions, open_writer, output_profile
+        from cloudrt.io import atomic_output, band_descriptions, gdal_env, open_writer, output_profile
 
         ods = src.ods
         dtype = np.dtype(ods.dtypes[0])
         nodata = ods.nodata
         with contextlib.ExitStack() as stack:
+            stack.enter_context(gdal_env())  # entered first, left last: bounds the cache for reads and writes
             # temporary names first, writers second: the writers are closed (flushed) before either file is
             # renamed into place, and any failure removes both
             tmp = stack.enter_context(atomic_output(output, overwrite)) if output is not None else None
@@ -198,7 +208,7 @@ class Runtime:
              progress: Progress | None) -> dict[str, Any]:
         return run_scene(src, self.backend.run, sink, tile=self.tile, overlap=self.overlap, batch=self.batch,
                          composite=composite, mask_method=self.mask_method, feather=self.feather,
-                         want_mask=want_mask, progress=progress)
+                         want_mask=want_mask, panel=self.panel, progress=progress)
 
 
 def mask_file(optical: str | os.PathLike, output: str | os.PathLike, *, method: str = "paper",
@@ -234,17 +244,17 @@ class _OpticalOnly:
         self.ods = ods
         self.height, self.width, self.nodata = ods.height, ods.width, ods.nodata
 
-    def optical(self, r0: int, r1: int) -> np.ndarray:
+    def optical(self, r0: int, r1: int, c0: int = 0, c1: int | None = None) -> np.ndarray:
         from cloudrt.io import read_rows
 
-        return read_rows(self.ods, r0, r1)
+        return read_rows(self.ods, r0, r1, c0, c1)
 
-    def mask(self, r0: int, r1: int) -> None:
+    def mask(self, r0: int, r1: int, c0: int = 0, c1: int | None = None) -> None:
         return None
 
 
 def _has_valid_optical(src: _OpticalOnly) -> bool:
     from cloudrt.runtime.scene import _any_valid
 
-    return _any_valid(src.optical, src.height, src.nodata)
+    return _any_valid(src.optical, src.height, src.nodata, src.width)
 

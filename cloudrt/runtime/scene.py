@@ -12,8 +12,9 @@ The pipeline (all NumPy; rasterio only for files):
    ``feather + 1`` pixels outside them, so clear pixels keep the input exactly.
 3. Blocks are written in order (whole rows of GeoTIFF tiles, so every tile is compressed once).
 
-Memory is ``O(width * (tile + block))``: independent of the number of rows (normalization, masks and
-compositing run by column chunks with a halo, so their temporaries do not scale with the width either).
+Memory is ``O(panel * (tile + block))``: independent of the scene size. Rows stream; a scene wider than
+:data:`PANEL` columns is processed as vertical column panels whose results equal the single pass
+(:func:`run_scene`); normalization, masks and compositing run by column chunks with a halo.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ import numpy as np
 
 from cloudrt.errors import InputError
 from cloudrt.preprocess import denormalize_optical, normalize_optical, normalize_sar, valid_mask
-from cloudrt.tiling import BatchRunner, blend_rows
+from cloudrt.tiling import BatchRunner, blend_rows, panel_cores, panel_window
 
 MASK_CLEAR, MASK_CLOUD, MASK_SHADOW, MASK_NODATA = 0, 1, 2, 255
 MASK_HALO = 8  # >= the reach of the sen12mscr mask filters (5x5 closing + 7x7 mean) and the 5x5 median
 DEFAULT_FEATHER = 8
 COL_CHUNK = 512  # columns per chunk for normalization, masks and compositing (bounds the temporaries)
+PANEL = 2048  # core columns per vertical panel of a wide scene (whole 256-px output blocks); bounds the memory
 Progress = Callable[[int, int], None]
 
 
@@ -47,14 +49,14 @@ class ArraySource:
         self.dtype = optical.dtype
         self.optical_name, self.sar_name = name, "SAR"
 
-    def optical(self, r0: int, r1: int) -> np.ndarray:
-        return self._o[:, r0:r1]
+    def optical(self, r0: int, r1: int, c0: int = 0, c1: int | None = None) -> np.ndarray:
+        return self._o[:, r0:r1, c0:c1]
 
-    def sar(self, r0: int, r1: int) -> np.ndarray:
-        return self._s[:, r0:r1]
+    def sar(self, r0: int, r1: int, c0: int = 0, c1: int | None = None) -> np.ndarray:
+        return self._s[:, r0:r1, c0:c1]
 
-    def mask(self, r0: int, r1: int) -> np.ndarray | None:
-        return None if self._m is None else np.asarray(self._m[r0:r1], dtype=bool)
+    def mask(self, r0: int, r1: int, c0: int = 0, c1: int | None = None) -> np.ndarray | None:
+        return None if self._m is None else np.asarray(self._m[r0:r1, c0:c1], dtype=bool)
 
 
 class RasterSource:
@@ -70,17 +72,17 @@ class RasterSource:
         self.optical_name = f"optical (S2) {optical_ds.name}"
         self.sar_name = f"SAR (S1) {(sar_file_ds or sar_ds).name}"
 
-    def optical(self, r0: int, r1: int) -> np.ndarray:
+    def optical(self, r0: int, r1: int, c0: int = 0, c1: int | None = None) -> np.ndarray:
         from cloudrt.io import read_rows
 
-        return read_rows(self.ods, r0, r1)
+        return read_rows(self.ods, r0, r1, c0, c1)
 
-    def sar(self, r0: int, r1: int) -> np.ndarray:
+    def sar(self, r0: int, r1: int, c0: int = 0, c1: int | None = None) -> np.ndarray:
         from cloudrt.io import read_rows
 
-        return read_rows(self.sds, r0, r1)
+        return read_rows(self.sds, r0, r1, c0, c1)
 
-    def mask(self, r0: int, r1: int) -> None:
+    def mask(self, r0: int, r1: int, c0: int = 0, c1: int | None = None) -> None:
         return None
 
     def close(self) -> None:
@@ -118,11 +120,16 @@ def open_scene(optical: str | Path, sar: str | Path, align: bool = False) -> Ras
     return src
 
 
-def _any_valid(read: Callable[[int, int], np.ndarray], height: int, nodata: float | None) -> bool:
+def _any_valid(read: Callable[..., np.ndarray], height: int, nodata: float | None, width: int | None = None,
+               cols: int = 2048) -> bool:
+    """Any valid pixel, read by 256-row blocks (and, given ``width``, by windows of ``cols`` columns)."""
     step = 256
+    spans = [(0, None)] if width is None else [(c, min(width, c + cols)) for c in range(0, width, cols)]
     for r0 in range(0, height, step):
-        if valid_mask(read(r0, min(height, r0 + step)), nodata).any():
-            return True
+        for c0, c1 in spans:
+            raw = read(r0, min(height, r0 + step)) if c1 is None else read(r0, min(height, r0 + step), c0, c1)
+            if valid_mask(raw, nodata).any():
+                return True
     return False
 
 
@@ -130,7 +137,7 @@ def check_has_valid(src: Any) -> None:
     """InputError if the optical or the SAR scene has no valid pixel (stops at the first valid block)."""
     for read, nodata, name in ((src.optical, src.nodata, src.optical_name),
                                (src.sar, src.sar_nodata, src.sar_name)):
-        if not _any_valid(read, src.height, nodata):
+        if not _any_valid(read, src.height, nodata, src.width):
             nd = f" or nodata={nodata:g}" if nodata is not None else ""
             raise InputError(
                 f"{name} has no valid pixel (every pixel is NaN/inf{nd}); pass a scene with data."
@@ -179,11 +186,12 @@ class ArraySink:
         self.mask = np.empty((height, width), dtype=np.uint8) if want_mask else None
         self.dtype, self.nodata = np.dtype(np.float32), nodata
 
-    def write(self, r0: int, r1: int, out: np.ndarray | None, mask: np.ndarray | None) -> None:
+    def write(self, r0: int, r1: int, out: np.ndarray | None, mask: np.ndarray | None, col: int = 0) -> None:
+        """Rows ``[r0, r1)`` from column ``col`` on (as wide as the given arrays)."""
         if out is not None:
-            self.out[:, r0:r1] = out
+            self.out[:, r0:r1, col : col + out.shape[2]] = out
         if self.mask is not None and mask is not None:
-            self.mask[r0:r1] = mask
+            self.mask[r0:r1, col : col + mask.shape[1]] = mask
 
 
 class RasterSink:
@@ -192,17 +200,38 @@ class RasterSink:
     def __init__(self, dst: Any | None, mask_dst: Any | None, dtype: np.dtype, nodata: float | None) -> None:
         self.dst, self.mask_dst, self.dtype, self.nodata = dst, mask_dst, np.dtype(dtype), nodata
 
-    def write(self, r0: int, r1: int, out: np.ndarray | None, mask: np.ndarray | None) -> None:
+    def write(self, r0: int, r1: int, out: np.ndarray | None, mask: np.ndarray | None, col: int = 0) -> None:
+        """Rows ``[r0, r1)`` from column ``col`` on, as one window (block-aligned when ``col`` is)."""
         from rasterio.windows import Window
 
         if self.dst is not None and out is not None:
-            self.dst.write(out, window=Window(0, r0, out.shape[2], r1 - r0))
+            self.dst.write(out, window=Window(col, r0, out.shape[2], r1 - r0))
         if self.mask_dst is not None and mask is not None:
-            self.mask_dst.write(mask[None], window=Window(0, r0, mask.shape[1], r1 - r0))
+            self.mask_dst.write(mask[None], window=Window(col, r0, mask.shape[1], r1 - r0))
 
 
-def _windows(src: Any, a: int, b: int, halo: int, chunk: int) -> Iterator[tuple[Any, ...]]:
-    """Rows [a, b) of ``src`` cut into column chunks, each read with ``halo`` pixels around it.
+class _ColumnView:
+    """Columns ``[x0, x1)`` of a source, read as column windows (a panel of :func:`run_scene`)."""
+
+    def __init__(self, src: Any, x0: int, x1: int) -> None:
+        self.src, self.x0, self.x1 = src, x0, x1
+        self.height, self.width = src.height, x1 - x0
+        self.nodata, self.sar_nodata = src.nodata, src.sar_nodata
+
+    def optical(self, r0: int, r1: int) -> np.ndarray:
+        return self.src.optical(r0, r1, self.x0, self.x1)
+
+    def sar(self, r0: int, r1: int) -> np.ndarray:
+        return self.src.sar(r0, r1, self.x0, self.x1)
+
+    def mask(self, r0: int, r1: int) -> np.ndarray | None:
+        return self.src.mask(r0, r1, self.x0, self.x1)
+
+
+def _windows(src: Any, a: int, b: int, halo: int, chunk: int, lo: int = 0,
+             hi: int | None = None) -> Iterator[tuple[Any, ...]]:
+    """Rows [a, b) x columns [lo, hi) (default: all) of ``src`` cut into column chunks, each read with
+    ``halo`` pixels around it.
 
     Yields ``(c0, c1, raw, valid, given, core)``: the chunk's columns, the raw optical DN and validity of
     the haloed window, the given mask there (or None), and ``core`` (row slice, column slice) selecting
@@ -212,8 +241,9 @@ def _windows(src: Any, a: int, b: int, halo: int, chunk: int) -> Iterator[tuple[
     ha, hb = max(0, a - halo), min(src.height, b + halo)
     raw_h = src.optical(ha, hb)
     given_h = src.mask(ha, hb)
-    for c0 in range(0, src.width, chunk):
-        c1 = min(src.width, c0 + chunk)
+    hi = src.width if hi is None else hi
+    for c0 in range(lo, hi, chunk):
+        c1 = min(hi, c0 + chunk)
         ca, cb = max(0, c0 - halo), min(src.width, c1 + halo)
         raw = raw_h[:, :, ca:cb]
         given = given_h[:, ca:cb] if given_h is not None else None
@@ -275,11 +305,17 @@ def run_scene(
     want_mask: bool = False,
     block: int | None = None,
     chunk: int = COL_CHUNK,
+    panel: int | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Predict the whole scene of ``src`` into ``sink`` by row blocks (see the module docstring).
 
-    Returns a summary: valid and cloudy pixel counts, tiles run, seconds, cloud fraction.
+    A scene wider than ``panel`` columns (default :data:`PANEL`, rounded to whole output blocks) is done as
+    a sequence of vertical panels (:func:`cloudrt.tiling.panel_window`): each reads and tiles a window a
+    tile (or mask halo) wider than its core on both sides and writes only its core columns, which equal the
+    single-pass result, so memory does not depend on the scene's width either. ``progress(done, height)``
+    counts rows-equivalents (done pixels / width). Returns a summary: valid and cloudy pixel counts, tiles
+    run (panel margins included), panels, seconds, cloud fraction.
     """
     from cloudrt.io import BLOCK
 
@@ -287,8 +323,42 @@ def run_scene(
     block = block or BLOCK
     need_mask = composite or want_mask
     halo = max(feather, 0) + MASK_HALO if need_mask else 0
-    stats: dict[str, Any] = {"pixels": height * width, "valid": 0, "cloud": 0, "tiles": 0}
+    cores = panel_cores(width, PANEL if panel is None else int(panel), block)
+    stats: dict[str, Any] = {"pixels": height * width, "valid": 0, "cloud": 0, "tiles": 0, "panels": len(cores)}
     t0 = time.perf_counter()
+    done_px = 0
+
+    def counted_run(o: np.ndarray, s: np.ndarray) -> np.ndarray:
+        stats["tiles"] += o.shape[0]
+        return run(o, s)
+
+    for c0, c1 in cores:
+        if len(cores) == 1:
+            view, x0 = src, 0
+        else:
+            x0, x1 = panel_window(c0, c1, width, tile, overlap, reach=halo)
+            view = _ColumnView(src, x0, x1)
+
+        def panel_progress(rows: int, _total: int, _w: int = c1 - c0, _done: int = done_px) -> None:
+            if progress is not None:
+                progress((_done + rows * _w) // width, height)
+
+        _run_panel(view, counted_run, sink, c0 - x0, c1 - x0, x0, stats, tile=tile, overlap=overlap, batch=batch,
+                   composite=composite, mask_method=mask_method, feather=feather, want_mask=want_mask,
+                   block=block, chunk=chunk, halo=halo, progress=panel_progress)
+        done_px += height * (c1 - c0)
+    stats["seconds"] = time.perf_counter() - t0
+    stats["cloud_fraction"] = stats["cloud"] / max(1, stats["valid"])
+    return stats
+
+
+def _run_panel(src: Any, run: BatchRunner, sink: Any, lo: int, hi: int, col: int, stats: dict[str, Any], *,
+               tile: int, overlap: int, batch: int, composite: bool, mask_method: str, feather: int,
+               want_mask: bool, block: int, chunk: int, halo: int, progress: Progress) -> None:
+    """Blend the whole of ``src`` (a scene or a panel window), then mask, composite and write its columns
+    ``[lo, hi)`` to ``sink`` columns ``[col + lo, col + hi)`` by output blocks of ``block`` rows."""
+    height, width = src.height, src.width
+    need_mask = composite or want_mask
 
     def read(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
         o, s = src.optical(r0, r1), src.sar(r0, r1)
@@ -300,19 +370,15 @@ def run_scene(
         with np.errstate(invalid="ignore"):
             return normalize_optical(o, src.nodata), normalize_sar(s, src.sar_nodata), valid_mask(o, src.nodata)
 
-    def counted_run(o: np.ndarray, s: np.ndarray) -> np.ndarray:
-        stats["tiles"] += o.shape[0]
-        return run(o, s)
-
     out_buf = _RowBuffer(sink.dtype)
     mask_buf = _RowBuffer(np.dtype(np.uint8)) if want_mask else None
     written = 0
 
     def composite_rows(a: int, b: int, pred: np.ndarray) -> None:
         """Rows [a, b): mask, feather, composite, cast -> the output buffers (by column chunks)."""
-        out_rows = np.empty((pred.shape[0], b - a, width), dtype=sink.dtype)
-        mask_rows = np.empty((b - a, width), dtype=np.uint8) if want_mask else None
-        for c0, c1, raw_w, valid_w, given_w, core in _windows(src, a, b, halo, chunk):
+        out_rows = np.empty((pred.shape[0], b - a, hi - lo), dtype=sink.dtype)
+        mask_rows = np.empty((b - a, hi - lo), dtype=np.uint8) if want_mask else None
+        for c0, c1, raw_w, valid_w, given_w, core in _windows(src, a, b, halo, chunk, lo, hi):
             raw, valid = raw_w[(slice(None), *core)], valid_w[core]
             out = denormalize_optical(pred[:, :, c0:c1])
             cloud = None
@@ -329,32 +395,30 @@ def run_scene(
                         out += inp
                     else:
                         out = raw.astype(np.float32)
-            out_rows[:, :, c0:c1] = cast_output(out, valid, sink.dtype, sink.nodata)
+            out_rows[:, :, c0 - lo : c1 - lo] = cast_output(out, valid, sink.dtype, sink.nodata)
             if mask_rows is not None and cloud is not None:
-                mask_rows[:, c0:c1] = np.where(valid, cloud.astype(np.uint8), np.uint8(MASK_NODATA))
+                mask_rows[:, c0 - lo : c1 - lo] = np.where(valid, cloud.astype(np.uint8), np.uint8(MASK_NODATA))
             stats["valid"] += int(valid.sum())
         out_buf.append(out_rows)
         if mask_buf is not None:
             mask_buf.append(mask_rows[None])
 
-    for r0, r1, pred in blend_rows(read, counted_run, height, width, tile, overlap, batch, normalize=normalize,
-                                   chunk=chunk):
+    cols = None if (lo, hi) == (0, width) else (lo, hi)  # a panel: run only the tiles touching its core
+    for r0, r1, pred in blend_rows(read, run, height, width, tile, overlap, batch, normalize=normalize,
+                                   chunk=chunk, cols=cols):
         composite_rows(r0, r1, pred)
         del pred
         # write whole output blocks (rows of GeoTIFF tiles) as soon as they are complete
         while written < height and r1 >= min(written + block, height):
             end = min(written + block, height)
             n = end - written
-            sink.write(written, end, out_buf.peek(n), mask_buf.peek(n)[0] if mask_buf is not None else None)
+            sink.write(written, end, out_buf.peek(n), mask_buf.peek(n)[0] if mask_buf is not None else None,
+                       col=col + lo)
             out_buf.drop(n)
             if mask_buf is not None:
                 mask_buf.drop(n)
             written = end
-            if progress is not None:
-                progress(written, height)
-    stats["seconds"] = time.perf_counter() - t0
-    stats["cloud_fraction"] = stats["cloud"] / max(1, stats["valid"])
-    return stats
+            progress(written, height)
 
 
 def mask_scene(src: Any, sink: Any, *, method: str = "paper", shadow: bool = False,

@@ -1,0 +1,40 @@
+"""The shipped default model: loads safely, and its recorded held-out scores are real and reproducible."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+from cloudrt.paths import DEFAULT_CONFIG, DEFAULT_WEIGHTS  # noqa: E402
+
+
+def test_load_default_is_eval_mode_and_matches_its_config():
+    from cloudrt.checkpoint import weights_sha256
+    from cloudrt.model import load_default
+
+    m = load_default()
+    meta = json.loads(DEFAULT_CONFIG.read_text())
+    assert not m.training
+    assert m.config == meta["config"]
+    assert weights_sha256(DEFAULT_WEIGHTS) == meta["weights_sha256"]
+
+
+def test_held_out_scores_reproduce_and_beat_identity(samples_dir):
+    """Re-evaluate the held-out triplets named in weights/carf-demo.json: the recorded figures must match
+    (0.01 dB / 1e-3), none of them may have been trained on, and the model must beat the cloudy input."""
+    from cloudrt.evaluate import evaluate
+
+    meta = json.loads(DEFAULT_CONFIG.read_text())
+    held = meta["scores"]["held_out"]["patches"]
+    assert len(held) >= 3 and not set(held) & set(meta["train"]["samples"])
+    r = evaluate(samples_dir, weights=DEFAULT_WEIGHTS, samples=held)
+    rec = meta["scores"]["held_out"]
+    assert r["mean"]["psnr"] == pytest.approx(rec["model"]["psnr"], abs=0.01)
+    assert r["mean"]["ssim"] == pytest.approx(rec["model"]["ssim"], abs=1e-3)
+    assert r["identity"]["mean"]["psnr"] == pytest.approx(rec["identity"]["psnr"], abs=0.01)
+    assert r["mean"]["psnr"] > r["identity"]["mean"]["psnr"] + 3.0
+    assert r["mean"]["mae"] < r["identity"]["mean"]["mae"]
