@@ -83,7 +83,7 @@ def register(app: typer.Typer) -> None:
                 _run_one(optical, sar, output, mask_out, opts, not no_composite, align, overwrite, quiet)
 
 
-GDAL_CACHE_MB = "256"
+GDAL_CACHE_MB = "64"
 
 
 def _bound_gdal_cache() -> None:
