@@ -628,21 +628,14 @@ class TensorRTRunner(Runner):
 
 
 def session_options(threads: int) -> Any:
-    """ONNX Runtime options of the bench (and the recommended ones for CPU deployment): full graph
-    optimization, ``threads`` intra-op threads, sequential execution, memory pattern and arena on, and
-    no spin-waiting (a spinning pool would take CPU from the next path in an interleaved round)."""
+    """ONNX Runtime options of the bench: exactly the runtime's (full graph optimization, ``threads``
+    intra-op threads, sequential execution, memory pattern and arena on, no spin-waiting, which would take
+    CPU from the next path in an interleaved round)."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = int(threads)
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.enable_mem_pattern = True
-    so.enable_cpu_mem_arena = True
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.log_severity_level = 3
-    return so
+    from cloudrt.runtime.onnx_backend import session_options as runtime_session_options
+
+    return runtime_session_options(ort, threads)
 
 
 # --------------------------------------------------------------------------------------------------
