@@ -219,6 +219,13 @@ def test_cli_eval_with_checkpoint(flat_tree: Path, tmp_path: Path, capsys: pytes
     assert main(["eval", "--data", str(flat_tree), "--weights", str(ckpt), "--split", "test"]) == 0
     out = capsys.readouterr().out
     assert "identity" in out and "PSNR" in out and "[0.6,1]" in out
+    names = [sm.name for sm in find_samples(flat_tree)][:2]
+    argv = ["eval", "--data", str(flat_tree), "--weights", str(ckpt), "--json"]
+    assert main([*argv, "--sample", names[0], "--sample", names[1]]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n"] == 2 and {r["name"] for r in res["per_patch"]} == set(names)
+    assert main([*argv, "--sample", "no_such_patch"]) == 2
+    assert "no_such_patch" in capsys.readouterr().err
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

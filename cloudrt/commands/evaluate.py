@@ -63,6 +63,8 @@ def register(app: typer.Typer) -> None:
         batch: int = typer.Option(1, "--batch", help="Patches per forward pass."),
         mask_method: str = typer.Option("paper", "--mask-method",
                                         help="Cloud cover where no cloudmask/ exists: paper or sen12mscr."),
+        sample: list[str] = typer.Option([], "--sample", help="Only these patches, by name (repeatable), "
+                                         "e.g. the held-out triplets of a model card."),
     ) -> None:
         """Score a model (PSNR, SSIM, MAE, SAM) beside the cloudy-input baseline and any reference/ peer."""
         from cloudrt.errors import InputError
@@ -73,7 +75,7 @@ def register(app: typer.Typer) -> None:
         if weights is not None and not (weights.exists() or weights.with_suffix(".safetensors").exists()):
             raise InputError(f"weights {weights} not found; pass an existing NAME.safetensors checkpoint.")
         res = evaluate(data, weights=weights, device=device, batch=batch, split=split, seed=seed,
-                       mask_method=mask_method)
+                       mask_method=mask_method, samples=list(sample) or None)
         if as_json:
             typer.echo(json.dumps(json_safe(res), indent=2, allow_nan=False))
             return
