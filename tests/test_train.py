@@ -92,7 +92,7 @@ def test_distributed_data_parallel_two_processes_on_cpu(samples_dir, tmp_path):
     import sys
 
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "cloudrt.train", "--data", str(samples_dir), "-o", str(out), "--preset", "carf-tiny",
            "--split", "all", "--max-steps", "2", "--batch", "1", "--crop", "64", "--device", "cpu",
            "--override", "channels=16"]
