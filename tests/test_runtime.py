@@ -373,6 +373,19 @@ def test_predict_file_caps_gdal_cache(models: dict[str, Path], tmp_path: Path,
     assert seen and set(seen) == {GDAL_CACHE_MB * 2**20}
 
 
+def test_mask_file_caps_gdal_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cloudrt mask` streams through the same cache cap as inference (one mechanism, cloudrt.io.gdal_env)."""
+    from cloudrt.io import GDAL_CACHE_MB
+    from cloudrt.runtime import mask_file
+
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    opt, _ = synthetic_scene(40, 50, seed=2)
+    seen = []
+    mask_file(write_tif(tmp_path / "o.tif", opt), tmp_path / "m.tif",
+              progress=lambda d, t: seen.append(rasterio.env.getenv().get("GDAL_CACHEMAX")))
+    assert seen and set(seen) == {GDAL_CACHE_MB * 2**20}
+
+
 def test_onnx_cpu_session_options(models: dict[str, Path]) -> None:
     """The CPU session uses the bench's options: physical-core intra-op threads, no spin-waiting, full graph
     optimization, and batch 1 by default (fastest for ORT on CPU in the bench)."""

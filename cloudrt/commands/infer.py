@@ -75,23 +75,11 @@ def register(app: typer.Typer) -> None:
                              "(or --input-dir DIR --output-dir DIR).")
         opts = dict(model=model, backend=backend, device=device, tile=tile, overlap=overlap, batch=batch,
                     mask_method=mask_method)
-        _bound_gdal_cache()
         with _terminate_as_interrupt():
             if batch_mode:
                 _run_batch(input_dir, output_dir, mask_out, opts, not no_composite, align, overwrite, quiet)
             else:
                 _run_one(optical, sar, output, mask_out, opts, not no_composite, align, overwrite, quiet)
-
-
-GDAL_CACHE_MB = "64"
-
-
-def _bound_gdal_cache() -> None:
-    """Cap GDAL's block cache for this CLI process (default: 5 % of RAM) unless the user set GDAL_CACHEMAX:
-    with it a full 10980 x 10980 granule runs in ~1.3 GB RSS. Takes effect if GDAL has not cached yet."""
-    import os
-
-    os.environ.setdefault("GDAL_CACHEMAX", GDAL_CACHE_MB)
 
 
 def _make_runtime(opts: dict):

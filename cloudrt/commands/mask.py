@@ -21,10 +21,9 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary line."),
     ) -> None:
         """Write a uint8 mask: 0 clear, 1 cloud, 2 shadow (with --shadow), 255 nodata."""
-        from cloudrt.commands.infer import _bound_gdal_cache, _terminate_as_interrupt
+        from cloudrt.commands.infer import _terminate_as_interrupt
         from cloudrt.runtime import mask_file
 
-        _bound_gdal_cache()
         with _terminate_as_interrupt():
             stats = mask_file(optical, output, method=method, shadow=shadow, overwrite=overwrite)
         if not quiet:

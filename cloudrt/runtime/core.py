@@ -216,15 +216,16 @@ def mask_file(optical: str | os.PathLike, output: str | os.PathLike, *, method: 
     """Write the cloud mask of an S2 GeoTIFF (uint8: 0 clear, 1 cloud, 2 shadow, 255 nodata), streamed."""
     import contextlib
 
-    from cloudrt.io import atomic_output, check_output_path, open_optical, open_writer, output_profile
+    from cloudrt.io import atomic_output, check_output_path, gdal_env, open_optical, open_writer, output_profile
     from cloudrt.mask import METHODS
     from cloudrt.runtime.scene import mask_scene
 
     if method not in METHODS:
         raise InputError(f"unknown cloud-mask method {method!r}; use one of {', '.join(METHODS)}.")
     check_output_path(output, overwrite, inputs=(optical,), create_parent=True)
-    ods = open_optical(optical)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(gdal_env())  # entered first, left last: bounds the cache for reads and writes
+        ods = open_optical(optical)
         stack.callback(ods.close)
         src = _OpticalOnly(ods)
         if not _has_valid_optical(src):
