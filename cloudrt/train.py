@@ -4,7 +4,7 @@ Single process: ``cloudrt train --data DIR -o runs/x``.
 Multi-GPU / multi-node: ``torchrun --nproc_per_node=8 -m cloudrt.train --data DIR -o runs/x`` (or the same
 arguments after ``cloudrt train`` under torchrun); DistributedDataParallel over NCCL (gloo on CPU).
 
-Checkpoints (``OUT/last.*`` every ``save_every`` steps and at each epoch end, ``OUT/final.*`` at the end)
+Checkpoints (``OUT/last.*`` every ``save_every`` steps and at the end, ``OUT/final.*`` at the end)
 are safetensors + JSON; the optimizer state is ``OUT/last.state.pt`` read back with
 ``torch.load(weights_only=True)``. ``resume=True`` continues from ``OUT/last`` at the saved step, with the
 same data order (each epoch's order is seeded by ``seed + epoch``).
@@ -139,13 +139,13 @@ def train(cfg: TrainConfig) -> Path:
                              "pass the same --preset/--override as the checkpoint.")
         model.load_state_dict(init_model.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    step, epoch0 = 0, 0
+    step = 0
     if cfg.resume and (out / "last.safetensors").exists():
         loaded, meta = load_checkpoint(out / "last", device=str(device))
         model.load_state_dict(loaded.state_dict())
         state = torch.load(out / "last.state.pt", map_location=device, weights_only=True)
         opt.load_state_dict(state["optimizer"])
-        step, epoch0 = int(state["step"]), int(state["epoch"])
+        step = int(state["step"])
     elif cfg.resume:
         raise InputError(f"--resume given but {out}/last.safetensors does not exist; drop --resume to start fresh.")
 
@@ -171,7 +171,7 @@ def train(cfg: TrainConfig) -> Path:
     if progress:
         progress.start()
     try:
-        epoch = epoch0
+        epoch = step // steps_per_epoch  # the data order of every epoch is seeded, so resume can derive it
         while step < total:
             order = _epoch_order(len(ds), cfg.seed, epoch, rank, world)
             skip = step - epoch * steps_per_epoch  # resume mid-epoch: skip batches already seen
@@ -202,19 +202,18 @@ def train(cfg: TrainConfig) -> Path:
                 if progress:
                     progress.update(task, advance=1, description=f"epoch {epoch} loss {float(loss.detach()):.4f}")
                 if rank == 0 and step % cfg.save_every == 0:
-                    _save(model, opt, out / "last", step, epoch, meta_base, history, t0)
+                    _save(model, opt, out / "last", step, meta_base, history, t0)
                 if cfg.max_minutes and (time.time() - t0) / 60 > cfg.max_minutes:
                     total = step
                     break
             epoch += 1
-            if rank == 0:
-                _save(model, opt, out / "last", step, epoch if step % steps_per_epoch == 0 else epoch - 1,
-                      meta_base, history, t0)
     finally:
         if progress:
             progress.stop()
     final = out / "final"
     if rank == 0:
+        if step % cfg.save_every:  # the periodic save missed the last steps: keep the run resumable
+            _save(model, opt, out / "last", step, meta_base, history, t0)
         meta = {**meta_base, "steps": step, "wall_minutes": (time.time() - t0) / 60, "history": history}
         save_checkpoint(model, final, meta)
         (out / "history.json").write_text(json.dumps(history))
@@ -226,11 +225,11 @@ def train(cfg: TrainConfig) -> Path:
     return final.with_suffix(".safetensors")
 
 
-def _save(model, opt, stem: Path, step: int, epoch: int, meta_base: dict, history: list, t0: float) -> None:
+def _save(model, opt, stem: Path, step: int, meta_base: dict, history: list, t0: float) -> None:
     meta = {**meta_base, "steps": step, "wall_minutes": (time.time() - t0) / 60, "history": history[-50:]}
     save_checkpoint(model, stem, meta)
     tmp = stem.with_name(stem.name + ".state.pt.tmp")
-    torch.save({"optimizer": opt.state_dict(), "step": step, "epoch": epoch}, tmp)
+    torch.save({"optimizer": opt.state_dict(), "step": step}, tmp)
     os.replace(tmp, stem.with_name(stem.name + ".state.pt"))
 
 
