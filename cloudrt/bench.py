@@ -392,7 +392,7 @@ def export_paths(spec: ModelSpec, tile: int, half: bool, log: Log = _quiet) -> P
         import onnx
 
         from cloudrt.export import convert_fp16
-        from cloudrt.export.engine_cache import atomic_write_bytes, file_sha256
+        from cloudrt.fileutil import atomic_write_bytes, file_sha256
         from cloudrt.paths import cache_dir
 
         out = cache_dir() / "onnx" / f"{file_sha256(spec.onnx)[:16]}-fp16.onnx"

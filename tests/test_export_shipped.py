@@ -66,7 +66,7 @@ def test_shipped_metadata_names_the_current_weights(shipped):
 
 
 def test_recipe_lists_the_current_hashes(shipped):
-    from cloudrt.export.engine_cache import file_sha256
+    from cloudrt.fileutil import file_sha256
 
     text = (DEFAULT_ONNX.parent / "RECIPE.md").read_text()
     for f in (DEFAULT_WEIGHTS, DEFAULT_ONNX, DEFAULT_ONNX_FP16):

@@ -24,7 +24,8 @@ from typing import Any
 
 from cloudrt._version import __version__
 from cloudrt.errors import InputError, ModelError
-from cloudrt.export.engine_cache import atomic_write_bytes, parse_batch
+from cloudrt.export.engine_cache import parse_batch
+from cloudrt.fileutil import atomic_write_bytes
 
 INPUT_NAMES = ("optical", "sar")
 OUTPUT_NAME = "optical_clear"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudrt._version import __version__
-from cloudrt.export.engine_cache import atomic_write_bytes, file_sha256
+from cloudrt.fileutil import atomic_write_bytes, file_sha256
 
 SHIPPED_TILE = 256
 COMMANDS = (

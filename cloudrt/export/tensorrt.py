@@ -28,9 +28,7 @@ from typing import Any
 from cloudrt.errors import BackendUnavailableError, InputError, ModelError
 from cloudrt.export.engine_cache import (
     DEFAULT_ENGINE_BATCH,
-    atomic_write_bytes,
     engine_cache_path,
-    file_sha256,
     make_sidecar,
     normalize_trt_version,
     parse_batch,
@@ -38,6 +36,7 @@ from cloudrt.export.engine_cache import (
     timing_cache_path,
     write_sidecar,
 )
+from cloudrt.fileutil import atomic_write_bytes, file_sha256
 
 STRONG_TYPING_DEFAULT_FROM = (10, 12)  # weak typing deprecated in 10.12, removed in 11.0
 
