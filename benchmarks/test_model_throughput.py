@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 
 from cloudrt import bench
+from cloudrt._deps import has_module
+from cloudrt.bench.probe import usable_cpus
 
 FP32_MAX_ERR = 1e-4
 
@@ -32,11 +34,11 @@ def plan(settings: Any, spec: Any) -> tuple[list, dict]:
 
 @pytest.fixture(scope="module")
 def threads() -> int:
-    if bench._has("torch"):
+    if has_module("torch"):
         import torch
 
         return torch.get_num_threads()
-    return bench._usable_cpus()
+    return usable_cpus()
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,7 @@ def reference() -> dict[int, np.ndarray]:
 
 
 def _reference(spec: Any, settings: Any, batch: int, cache: dict) -> np.ndarray | None:
-    if spec.module is None or not bench._has("torch"):
+    if spec.module is None or not has_module("torch"):
         return None
     if batch not in cache:
         import torch

@@ -12,9 +12,9 @@ from cloudrt.errors import CloudrtError, InputError, ModelError
 __all__ = ["__version__", "CloudrtError", "InputError", "ModelError", "cloud_mask", "shadow_mask"]
 
 
-def __getattr__(name: str):  # lazy: keep `import cloudrt` light
+def __getattr__(name: str):  # lazy: keep `import cloudrt` light (the masks import SciPy)
     if name in ("cloud_mask", "shadow_mask"):
-        from cloudrt import mask
+        from cloudrt.preprocess import mask
 
         return getattr(mask, name)
     raise AttributeError(f"module 'cloudrt' has no attribute {name!r}")

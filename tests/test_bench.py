@@ -208,7 +208,7 @@ def test_a_failing_path_is_skipped_not_fatal(monkeypatch: pytest.MonkeyPatch) ->
     def broken(*a, **k):  # noqa: ANN002, ANN003, ANN202
         raise RuntimeError("exporter exploded\nsecond line")
 
-    monkeypatch.setattr(bench, "export_paths", broken)
+    monkeypatch.setattr(bench.timing, "export_paths", broken)
     res = bench.run_bench("carf-tiny", device="cpu", tile=TILE, batches="1", backends=PATHS, rounds=1, warmup=0,
                           threads=1, seed=SEED)
     assert [(r["backend"], r["batch"]) for r in res["rows"]] == [("torch-eager", 1)]

@@ -18,8 +18,8 @@ import rasterio
 from runtime_helpers import make_onnx, synthetic_scene, write_tif
 
 from cloudrt.cli import main
-from cloudrt.mask import cloud_mask, shadow_mask
 from cloudrt.paths import DEFAULT_ONNX, SAMPLE_DIR
+from cloudrt.preprocess.mask import cloud_mask, shadow_mask
 
 FALL = "ROIs1970_fall_139_p839.tif"
 PLAIN = "oriolac_4287.tif"
@@ -72,7 +72,7 @@ def test_infer_real_georeferenced_sample(model: Path, samples: Path, tmp_path: P
         cloud = cloud_mask(dn)
         np.testing.assert_array_equal(m.read(1), cloud.astype(np.uint8))
         assert m.crs == s.crs
-    from cloudrt.runtime import feather_alpha
+    from cloudrt.scene.driver import feather_alpha
 
     far = feather_alpha(cloud, 8) == 0
     assert far.any() and cloud.any()
@@ -196,7 +196,7 @@ def test_batch_mode_pairs_skips_finished_and_reports_bad_pairs(model: Path, samp
 
 
 def test_batch_pairing_flat_names(tmp_path: Path) -> None:
-    from cloudrt.commands.infer import find_pairs
+    from cloudrt.cli.infer import find_pairs
 
     for n in ("T31_S2.tif", "T31_S1.tif", "x-s2_cloudy-7.tif", "x-s1-7.tif", "lonely_S2.tif", "notes.txt"):
         (tmp_path / n).write_bytes(b"")

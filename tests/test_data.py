@@ -1,4 +1,4 @@
-"""cloudrt.data: layouts, reading, region/scene splits, PatchDataset augmentation, synthetic clouds."""
+"""cloudrt.train data modules: layouts, reading, region/scene splits, PatchDataset augmentation, synthetic clouds."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import rasterio
 from runtime_helpers import write_tif
 
-from cloudrt import data as D
 from cloudrt.errors import InputError
 from cloudrt.preprocess import normalize_optical, normalize_sar
+from cloudrt.train import dataset, discovery, splits, synthetic
 
 
 def _triplet_arrays(rng: np.random.Generator, size: int) -> dict[str, np.ndarray]:
@@ -48,8 +48,8 @@ def official_tree(tmp_path: Path) -> Path:
 
 
 def test_official_layout_found_and_matched(official_tree: Path) -> None:
-    assert D.detect_layout(official_tree) == "official"
-    samples = D.find_samples(official_tree)
+    assert discovery.detect_layout(official_tree) == "official"
+    samples = discovery.find_samples(official_tree)
     names = [s.name for s in samples]
     assert len(samples) == len(OFFICIAL) + 1
     assert "ROIs1158_spring_26_p100" in names and "ROIs1970_fall_3_p2" in names
@@ -67,8 +67,8 @@ def test_official_layout_found_and_matched(official_tree: Path) -> None:
 
 
 def test_official_load_sample_roundtrip(official_tree: Path) -> None:
-    s = D.find_samples(official_tree)[0]
-    raw = D.load_sample(s)
+    s = discovery.find_samples(official_tree)[0]
+    raw = discovery.load_sample(s)
     with rasterio.open(s.s2_cloudy) as ds:
         np.testing.assert_array_equal(raw["s2_cloudy"], ds.read())
     assert raw["s1"].dtype == np.float32 and raw["s1"].shape == (2, 32, 32)
@@ -77,15 +77,15 @@ def test_official_load_sample_roundtrip(official_tree: Path) -> None:
 
 
 def test_real_flat_layouts(shared_data: Path) -> None:
-    trip = D.find_samples(shared_data / "sen12mscr-samples")
-    assert D.detect_layout(shared_data / "sen12mscr-samples") == "flat"
+    trip = discovery.find_samples(shared_data / "sen12mscr-samples")
+    assert discovery.detect_layout(shared_data / "sen12mscr-samples") == "flat"
     assert len(trip) == 10 and all(s.is_triplet for s in trip)
     by = {s.name: s for s in trip}
     assert (by["ROIs1970_fall_139_p839"].region, by["ROIs1970_fall_139_p839"].scene) == ("ROIs1970_fall", "139")
     o = by["oriolac_316"]
     assert o.group == ("oriolac_316", "") and o.cloudmask is not None and o.reference is not None
     assert sum(s.reference is not None for s in trip) == 8
-    pairs = D.find_samples(shared_data / "s2-pairs")
+    pairs = discovery.find_samples(shared_data / "s2-pairs")
     assert len(pairs) == 20 and not any(s.has_sar for s in pairs)
     assert {s.region for s in pairs} == {"ROIs1158_spring", "ROIs1868_summer", "ROIs1970_fall"}
     s = {x.name: x for x in pairs}["ROIs1868_summer_s2_135_p211"]
@@ -93,8 +93,8 @@ def test_real_flat_layouts(shared_data: Path) -> None:
 
 
 def test_real_load_sample(shared_data: Path) -> None:
-    s = {x.name: x for x in D.find_samples(shared_data / "sen12mscr-samples")}["oriolac_4438"]
-    raw = D.load_sample(s)
+    s = {x.name: x for x in discovery.find_samples(shared_data / "sen12mscr-samples")}["oriolac_4438"]
+    raw = discovery.load_sample(s)
     assert raw["s1"].shape == (2, 256, 256) and raw["s1"].dtype == np.float32
     assert raw["s2"].shape == raw["s2_cloudy"].shape == raw["reference"].shape == (13, 256, 256)
     assert raw["s2"].dtype == np.uint16
@@ -104,10 +104,10 @@ def test_real_load_sample(shared_data: Path) -> None:
 
 def test_bad_folders(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="does not exist"):
-        D.find_samples(tmp_path / "nope")
+        discovery.find_samples(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no Sentinel-2 patches"):
-        D.find_samples(tmp_path / "empty")
+        discovery.find_samples(tmp_path / "empty")
 
 
 def test_parent_of_flat_folders_is_not_read_as_official(tmp_path: Path) -> None:
@@ -116,8 +116,8 @@ def test_parent_of_flat_folders_is_not_read_as_official(tmp_path: Path) -> None:
     for kind in ("s2", "s2_cloudy"):
         write_tif(tmp_path / "pairs" / kind / "ROIs1158_spring_s2_26_p100.tif", a)
     with pytest.raises(InputError, match="pass one of them"):
-        D.find_samples(tmp_path)
-    (s,) = D.find_samples(tmp_path / "pairs")
+        discovery.find_samples(tmp_path)
+    (s,) = discovery.find_samples(tmp_path / "pairs")
     assert s.s2.parent.name == "s2" and s.s2_cloudy.parent.name == "s2_cloudy"
 
 
@@ -126,22 +126,22 @@ def test_load_sample_grid_mismatch(tmp_path: Path) -> None:
     write_tif(tmp_path / "s2" / "a.tif", rng.integers(0, 9, (13, 16, 16)).astype(np.uint16))
     write_tif(tmp_path / "s2_cloudy" / "a.tif", rng.integers(0, 9, (13, 16, 24)).astype(np.uint16))
     with pytest.raises(InputError, match="different sizes"):
-        D.load_sample(D.find_samples(tmp_path)[0])
+        discovery.load_sample(discovery.find_samples(tmp_path)[0])
     write_tif(tmp_path / "s2" / "b.tif", rng.integers(0, 9, (4, 16, 16)).astype(np.uint16))
     with pytest.raises(InputError, match="13"):
-        D.load_sample({s.name: s for s in D.find_samples(tmp_path)}["b"])
+        discovery.load_sample({s.name: s for s in discovery.find_samples(tmp_path)}["b"])
 
 
 # ------------------------------------------------------------------------------------------------ splits
-def _fake_samples(n_groups: int, per_group: int = 3) -> list[D.Sample]:
-    return [D.Sample(name=f"R{g}_{p}", region=f"ROIs{g // 2}_spring", scene=str(g % 2), patch=str(p))
+def _fake_samples(n_groups: int, per_group: int = 3) -> list[discovery.Sample]:
+    return [discovery.Sample(name=f"R{g}_{p}", region=f"ROIs{g // 2}_spring", scene=str(g % 2), patch=str(p))
             for g in range(n_groups) for p in range(per_group)]
 
 
 @pytest.mark.parametrize("n_groups", [10, 37, 169])
 def test_split_groups_disjoint_and_complete(n_groups: int) -> None:
     samples = _fake_samples(n_groups)
-    sp = D.split_samples(samples, seed=3)
+    sp = splits.split_samples(samples, seed=3)
     groups = {k: {s.group for s in v} for k, v in sp.items()}
     assert not groups["train"] & groups["val"] and not groups["train"] & groups["test"]
     assert not groups["val"] & groups["test"]
@@ -156,35 +156,35 @@ def test_split_groups_disjoint_and_complete(n_groups: int) -> None:
 
 def test_split_deterministic_and_seeded() -> None:
     samples = _fake_samples(40)
-    a = D.split_samples(samples, seed=0)
-    b = D.split_samples(list(reversed(samples)), seed=0)  # input order does not matter
+    a = splits.split_samples(samples, seed=0)
+    b = splits.split_samples(list(reversed(samples)), seed=0)  # input order does not matter
     assert {k: sorted(s.name for s in v) for k, v in a.items()} == {k: sorted(s.name for s in v) for k, v in b.items()}
-    c = D.split_samples(samples, seed=1)
+    c = splits.split_samples(samples, seed=1)
     assert {s.group for s in a["test"]} != {s.group for s in c["test"]}
 
 
 @pytest.mark.parametrize(("n", "expected"), [(0, (0, 0, 0)), (1, (1, 0, 0)), (2, (1, 0, 1)), (3, (1, 1, 1)),
                                              (5, (3, 1, 1)), (9, (7, 1, 1))])
 def test_split_tiny_inputs(n: int, expected: tuple[int, int, int]) -> None:
-    sp = D.split_samples(_fake_samples(n, per_group=2), seed=0)
-    assert tuple(len({s.group for s in sp[k]}) for k in D.SPLITS) == expected
+    sp = splits.split_samples(_fake_samples(n, per_group=2), seed=0)
+    assert tuple(len({s.group for s in sp[k]}) for k in splits.SPLITS) == expected
 
 
 def test_split_bad_fractions() -> None:
     with pytest.raises(InputError):
-        D.split_samples(_fake_samples(3), fractions=(0.5, 0.5))
+        splits.split_samples(_fake_samples(3), fractions=(0.5, 0.5))
     with pytest.raises(InputError):
-        D.split_samples(_fake_samples(3), fractions=(1.0, -0.1, 0.1))
+        splits.split_samples(_fake_samples(3), fractions=(1.0, -0.1, 0.1))
 
 
 def test_split_real_samples(shared_data: Path) -> None:
-    s = D.find_samples(shared_data / "sen12mscr-samples")
-    sp = D.split_samples(s, seed=0)
-    assert [len(sp[k]) for k in D.SPLITS] == [8, 1, 1]  # 10 groups: each oriolac patch is its own group
-    pairs = D.find_samples(shared_data / "s2-pairs")
+    s = discovery.find_samples(shared_data / "sen12mscr-samples")
+    sp = splits.split_samples(s, seed=0)
+    assert [len(sp[k]) for k in splits.SPLITS] == [8, 1, 1]  # 10 groups: each oriolac patch is its own group
+    pairs = discovery.find_samples(shared_data / "s2-pairs")
     for seed in range(4):
-        sp = D.split_samples(pairs, seed=seed)
-        scenes = [{s.group for s in sp[k]} for k in D.SPLITS]
+        sp = splits.split_samples(pairs, seed=seed)
+        scenes = [{s.group for s in sp[k]} for k in splits.SPLITS]
         assert not (scenes[0] & scenes[1] or scenes[0] & scenes[2] or scenes[1] & scenes[2])
 
 
@@ -200,12 +200,12 @@ def flat_tree(tmp_path: Path) -> Path:
 
 
 def test_dataset_plain_items_match_normalization(flat_tree: Path) -> None:
-    from cloudrt.data import PatchDataset
+    from cloudrt.train.dataset import PatchDataset
 
-    samples = D.find_samples(flat_tree)
+    samples = discovery.find_samples(flat_tree)
     ds = PatchDataset(samples)
     item = ds[1]
-    raw = D.load_sample(samples[1])
+    raw = discovery.load_sample(samples[1])
     assert set(item) == {"optical", "sar", "target", "has_sar"}
     np.testing.assert_array_equal(item["optical"].numpy(), normalize_optical(raw["s2_cloudy"]))
     np.testing.assert_array_equal(item["target"].numpy(), normalize_optical(raw["s2"]))
@@ -214,9 +214,9 @@ def test_dataset_plain_items_match_normalization(flat_tree: Path) -> None:
 
 
 def test_dataset_without_sar(shared_data: Path) -> None:
-    from cloudrt.data import PatchDataset
+    from cloudrt.train.dataset import PatchDataset
 
-    ds = PatchDataset(D.find_samples(shared_data / "s2-pairs")[:2], crop=64)
+    ds = PatchDataset(discovery.find_samples(shared_data / "s2-pairs")[:2], crop=64)
     item = ds[0]
     assert tuple(item["sar"].shape) == (2, 64, 64) and float(item["sar"].abs().sum()) == 0.0
     assert float(item["has_sar"]) == 0.0
@@ -229,18 +229,18 @@ def _match_window(orig: np.ndarray, out: np.ndarray) -> tuple[int, bool, int, in
         for flip in (False, True):
             for y in range(orig.shape[-2] - c + 1):
                 for x in range(orig.shape[-1] - c + 1):
-                    if np.array_equal(D._dihedral(orig[..., y:y + c, x:x + c], k, flip), out):
+                    if np.array_equal(dataset._dihedral(orig[..., y:y + c, x:x + c], k, flip), out):
                         return k, flip, y, x
     raise AssertionError("output is no flip/rotation/crop of the input")
 
 
 @pytest.mark.parametrize("crop", [None, 16])
 def test_augment_same_transform_for_all_tensors(flat_tree: Path, crop: int | None) -> None:
-    from cloudrt.data import PatchDataset
+    from cloudrt.train.dataset import PatchDataset
 
-    samples = D.find_samples(flat_tree)
+    samples = discovery.find_samples(flat_tree)
     ds = PatchDataset(samples, crop=crop, augment=True, seed=11)
-    raw = D.load_sample(samples[0])
+    raw = discovery.load_sample(samples[0])
     opt, tgt, sar = normalize_optical(raw["s2_cloudy"]), normalize_optical(raw["s2"]), normalize_sar(raw["s1"])
     seen = set()
     for epoch in range(12):
@@ -250,8 +250,8 @@ def test_augment_same_transform_for_all_tensors(flat_tree: Path, crop: int | Non
         c = crop or 32
         assert o.shape == (13, c, c) and t.shape == (13, c, c) and s.shape == (2, c, c)
         k, flip, y, x = _match_window(tgt, t)
-        np.testing.assert_array_equal(o, D._dihedral(opt[:, y:y + c, x:x + c], k, flip))
-        np.testing.assert_array_equal(s, D._dihedral(sar[:, y:y + c, x:x + c], k, flip))
+        np.testing.assert_array_equal(o, dataset._dihedral(opt[:, y:y + c, x:x + c], k, flip))
+        np.testing.assert_array_equal(s, dataset._dihedral(sar[:, y:y + c, x:x + c], k, flip))
         seen.add((k, flip, y, x))
     assert len(seen) >= 6  # augmentation really varies across epochs
     ds.set_epoch(3)
@@ -261,11 +261,11 @@ def test_augment_same_transform_for_all_tensors(flat_tree: Path, crop: int | Non
 
 
 def test_crop_center_without_augment_and_bad_crops(flat_tree: Path) -> None:
-    from cloudrt.data import PatchDataset
+    from cloudrt.train.dataset import PatchDataset
 
-    samples = D.find_samples(flat_tree)
+    samples = discovery.find_samples(flat_tree)
     item = PatchDataset(samples, crop=16)[2]
-    full = normalize_optical(D.load_sample(samples[2])["s2"])
+    full = normalize_optical(discovery.load_sample(samples[2])["s2"])
     np.testing.assert_array_equal(item["target"].numpy(), full[:, 8:24, 8:24])
     with pytest.raises(InputError, match="multiple of 16"):
         PatchDataset(samples, crop=24)
@@ -274,11 +274,11 @@ def test_crop_center_without_augment_and_bad_crops(flat_tree: Path) -> None:
 
 
 def test_dataset_synthetic_clouds_brighten_input_and_keep_target(shared_data: Path) -> None:
-    from cloudrt.data import PatchDataset
+    from cloudrt.train.dataset import PatchDataset
 
-    samples = [s for s in D.find_samples(shared_data / "sen12mscr-samples") if s.name == "oriolac_316"]
+    samples = [s for s in discovery.find_samples(shared_data / "sen12mscr-samples") if s.name == "oriolac_316"]
     ds = PatchDataset(samples, synthetic_clouds=True, seed=5)
-    clear = normalize_optical(D.load_sample(samples[0])["s2"])
+    clear = normalize_optical(discovery.load_sample(samples[0])["s2"])
     for epoch in range(3):
         ds.set_epoch(epoch)
         item = ds[0]
@@ -291,10 +291,10 @@ def test_dataset_synthetic_clouds_brighten_input_and_keep_target(shared_data: Pa
 
 
 def test_missing_cloudy_needs_synthetic(tmp_path: Path) -> None:
-    from cloudrt.data import PatchDataset
+    from cloudrt.train.dataset import PatchDataset
 
     write_tif(tmp_path / "s2" / "a.tif", np.full((13, 32, 32), 500, np.uint16))
-    samples = D.find_samples(tmp_path)
+    samples = discovery.find_samples(tmp_path)
     with pytest.raises(InputError, match="synthetic_clouds"):
         PatchDataset(samples)
     item = PatchDataset(samples, synthetic_clouds=True)[0]
@@ -307,28 +307,29 @@ def test_missing_cloudy_needs_synthetic(tmp_path: Path) -> None:
 def test_alpha_coverage_range_and_softness() -> None:
     rng = np.random.default_rng(0)
     for cov in (0.1, 0.4, 0.7):
-        a = D.synthetic_cloud_alpha((128, 128), rng, coverage=cov, haze=0.0, opacity=1.0)
+        a = synthetic.synthetic_cloud_alpha((128, 128), rng, coverage=cov, haze=0.0, opacity=1.0)
         assert a.dtype == np.float32 and a.min() >= 0.0 and a.max() <= 1.0
         assert abs((a > 0).mean() - cov) < 0.01  # threshold at the noise quantile
         assert a.max() == pytest.approx(1.0)
         soft = ((a > 0) & (a < 1)).mean()
         assert 0.0 < soft < cov  # soft edges exist but are not the whole cloud
-    hz = D.synthetic_cloud_alpha((64, 64), rng, coverage=0.0, haze=0.2)
+    hz = synthetic.synthetic_cloud_alpha((64, 64), rng, coverage=0.0, haze=0.2)
     assert 0.09 < hz.min() and hz.max() <= 0.2 + 1e-6  # thin haze everywhere, never thicker than asked
 
 
 def test_add_synthetic_clouds_matches_blend_formula(shared_data: Path) -> None:
-    s = {x.name: x for x in D.find_samples(shared_data / "sen12mscr-samples")}["oriolac_2729"]
-    clear = normalize_optical(D.load_sample(s)["s2"])
+    s = {x.name: x for x in discovery.find_samples(shared_data / "sen12mscr-samples")}["oriolac_2729"]
+    clear = normalize_optical(discovery.load_sample(s)["s2"])
     before = clear.copy()
     rng = np.random.default_rng(3)
-    alpha = D.synthetic_cloud_alpha(clear.shape[-2:], rng, coverage=0.5, haze=0.0)
-    cloudy, a = D.add_synthetic_clouds(clear, np.random.default_rng(4), alpha=alpha, brightness=0.6, cirrus=0.05)
+    alpha = synthetic.synthetic_cloud_alpha(clear.shape[-2:], rng, coverage=0.5, haze=0.0)
+    cloudy, a = synthetic.add_synthetic_clouds(clear, np.random.default_rng(4), alpha=alpha, brightness=0.6,
+                                               cirrus=0.05)
     np.testing.assert_array_equal(clear, before)  # input untouched
     assert a is not None and np.array_equal(a, alpha)
     clear64, a64 = clear.astype(np.float64), alpha.astype(np.float64)[None]
-    cloud_lo = D.CLOUD_SPECTRUM.astype(np.float64)[:, None, None] * 0.6 * 0.9
-    cloud_hi = D.CLOUD_SPECTRUM.astype(np.float64)[:, None, None] * 0.6 * 1.1
+    cloud_lo = synthetic.CLOUD_SPECTRUM.astype(np.float64)[:, None, None] * 0.6 * 0.9
+    cloud_hi = synthetic.CLOUD_SPECTRUM.astype(np.float64)[:, None, None] * 0.6 * 1.1
     cloud_lo[10], cloud_hi[10] = 0.05 * 0.9, 0.05 * 1.1
     lo = np.clip((1 - a64) * clear64 + a64 * cloud_lo, 0, 1) - 1e-6
     hi = np.clip((1 - a64) * clear64 + a64 * cloud_hi, 0, 1) + 1e-6
@@ -344,7 +345,8 @@ def test_add_synthetic_clouds_matches_blend_formula(shared_data: Path) -> None:
 
 
 def test_import_data_is_torch_free() -> None:
-    code = ("import sys, cloudrt.data as d; d.find_samples; "
-            "assert 'torch' not in sys.modules, 'torch imported'; d.PatchDataset; "
+    code = ("import sys, cloudrt.train.discovery as d, cloudrt.train.splits, cloudrt.train.synthetic; "
+            "d.find_samples; "
+            "assert 'torch' not in sys.modules, 'torch imported'; import cloudrt.train.dataset; "
             "assert 'torch' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

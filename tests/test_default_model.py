@@ -13,8 +13,8 @@ from cloudrt.paths import DEFAULT_CONFIG, DEFAULT_WEIGHTS  # noqa: E402
 
 
 def test_load_default_is_eval_mode_and_matches_its_config():
-    from cloudrt.checkpoint import weights_sha256
     from cloudrt.model import load_default
+    from cloudrt.model.checkpoint import weights_sha256
 
     m = load_default()
     meta = json.loads(DEFAULT_CONFIG.read_text())
@@ -26,7 +26,7 @@ def test_load_default_is_eval_mode_and_matches_its_config():
 def test_held_out_scores_reproduce_and_beat_identity(samples_dir):
     """Re-evaluate the held-out triplets named in weights/carf-demo.json: the recorded figures must match
     (0.01 dB / 1e-3), none of them may have been trained on, and the model must beat the cloudy input."""
-    from cloudrt.evaluate import evaluate
+    from cloudrt.train.evaluate import evaluate
 
     meta = json.loads(DEFAULT_CONFIG.read_text())
     held = meta["scores"]["held_out"]["patches"]

@@ -1,4 +1,4 @@
-"""cloudrt.evaluate and ``cloudrt eval``: per-patch scores, baselines, cloud-cover bins, both layouts."""
+"""cloudrt.train.evaluate and ``cloudrt eval``: per-patch scores, baselines, cloud-cover bins, both layouts."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import pytest
 from runtime_helpers import write_tif
 from skimage.metrics import peak_signal_noise_ratio
 
-from cloudrt import metrics as M
-from cloudrt.data import find_samples, load_sample, split_samples
 from cloudrt.errors import InputError
-from cloudrt.evaluate import cloud_cover_bin, evaluate, json_safe, model_predict_fn
 from cloudrt.preprocess import normalize_optical, normalize_sar
+from cloudrt.train import metrics as M
+from cloudrt.train.discovery import find_samples, load_sample
+from cloudrt.train.evaluate import cloud_cover_bin, evaluate, json_safe, model_predict_fn
+from cloudrt.train.splits import split_samples
 
 SIZE = 48  # not a multiple of the model's size divisor (32): exercises reflect padding
 
@@ -204,9 +205,9 @@ def test_model_predict_fn_equals_eager_model() -> None:
 def test_cli_eval_with_checkpoint(flat_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import torch
 
-    from cloudrt.checkpoint import save_checkpoint
     from cloudrt.cli import main
     from cloudrt.model import build
+    from cloudrt.model.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     ckpt = save_checkpoint(build("carf-tiny"), tmp_path / "tiny", {})

@@ -14,8 +14,8 @@ from cloudrt.cli import main  # noqa: E402
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from cloudrt.checkpoint import save_checkpoint
     from cloudrt.model import build
+    from cloudrt.model.checkpoint import save_checkpoint
 
     torch.manual_seed(4)
     m = build("carf-tiny").eval()

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from cloudrt.devices import device_index
 from cloudrt.errors import BackendUnavailableError, EngineMismatchError, InputError, ModelError
-from cloudrt.export import engine_cache as ec
 from cloudrt.export import tensorrt as trtmod
+from cloudrt.runtime import trt_meta as ec
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
@@ -132,11 +133,11 @@ def test_read_sidecar_rejects_missing_or_foreign(tmp_path, content):
 
 def test_refusal_of_engines_from_another_tensorrt_or_gpu(tmp_path):
     _, sc = _sidecar(tmp_path, trt="10.3.0.30", cc="8.7")
-    trtmod.check_engine_compat(sc, "10.3.0", "8.7")  # same release and SM: accepted
+    ec.check_engine_compat(sc, "10.3.0", "8.7")  # same release and SM: accepted
     for trt_v, cc, word in [("10.7.0", "8.7", "TensorRT"), ("10.3.0", "8.6", "compute capability"),
                             ("11.0.0", "9.0", "TensorRT")]:
         with pytest.raises(EngineMismatchError) as e:
-            trtmod.check_engine_compat(sc, trt_v, cc)
+            ec.check_engine_compat(sc, trt_v, cc)
         msg = str(e.value)
         assert "\n" not in msg and word in msg and sc["rebuild_command"] in msg  # the exact rebuild command
 
@@ -170,22 +171,22 @@ def test_trt_build_mode_rejects_weak_typing_on_11_and_old_versions():
 def test_require_tensorrt_missing_and_too_old(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(BackendUnavailableError) as e:
-        trtmod.require_tensorrt()
+        ec.require_tensorrt()
     assert "\n" not in str(e.value) and "--format onnx" in str(e.value)
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="8.6.1"))
     with pytest.raises(BackendUnavailableError, match="8.6.1"):
-        trtmod.require_tensorrt()
+        ec.require_tensorrt()
 
 
 def test_gpu_info_without_driver_and_device_parsing(monkeypatch):
-    monkeypatch.setattr(trtmod, "_libcuda", lambda: None)
+    monkeypatch.setattr(ec, "_libcuda", lambda: None)
     with pytest.raises(BackendUnavailableError) as e:
-        trtmod.gpu_info(0)
+        ec.gpu_info(0)
     assert "GPU" in str(e.value) and "\n" not in str(e.value)
-    assert trtmod.parse_device("cuda:1") == 1 and trtmod.parse_device(None) == 0
-    assert trtmod.parse_device("2") == 2 and trtmod.parse_device("cuda") == 0
+    assert device_index("cuda:1") == 1 and device_index(None) == 0
+    assert device_index("2") == 2 and device_index("cuda") == 0
     with pytest.raises(InputError):
-        trtmod.parse_device("tpu")
+        device_index("tpu")
 
 
 def test_cli_engine_without_tensorrt_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
@@ -203,7 +204,7 @@ def test_cli_engine_without_gpu_exits_2_with_one_line(tmp_path, monkeypatch, cap
     from cloudrt.cli import main
 
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.12.0"))
-    monkeypatch.setattr(trtmod, "_libcuda", lambda: None)
+    monkeypatch.setattr(ec, "_libcuda", lambda: None)
     out = tmp_path / "m.engine"
     rc = main(["export", "--format", "engine", "-o", str(out)])
     err = capsys.readouterr().err.strip()
@@ -222,8 +223,8 @@ def test_cli_engine_without_tensorrt_in_a_fresh_process(tmp_path):
 
 
 def test_export_package_imports_no_torch_onnx_or_tensorrt():
-    code = ("import sys; import cloudrt.export, cloudrt.export.engine_cache, cloudrt.export.tensorrt, "
-            "cloudrt.export.trt_ops, cloudrt.commands.export; "
+    code = ("import sys; import cloudrt.export, cloudrt.runtime.trt_meta, cloudrt.export.tensorrt, "
+            "cloudrt.export.trt_ops, cloudrt.cli.export; "
             "bad = [m for m in ('torch', 'onnx', 'tensorrt', 'onnxruntime') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -376,8 +377,8 @@ def fake_trt(monkeypatch):
     def install(version: str) -> _FakeTRT:
         fake = _FakeTRT(version)
         monkeypatch.setitem(sys.modules, "tensorrt", fake)
-        monkeypatch.setattr(trtmod, "_driver_gpu_info", lambda i: trtmod.GpuInfo(i, "Fake Orin", "8.7"))
-        monkeypatch.setattr(trtmod, "_activate_device", lambda i: None)
+        monkeypatch.setattr(ec, "_driver_gpu_info", lambda i: ec.GpuInfo(i, "Fake Orin", "8.7"))
+        monkeypatch.setattr(ec, "activate_device", lambda i: None)
         return fake
 
     return install
@@ -456,7 +457,7 @@ def test_get_or_build_engine_builds_once_and_rebuilds_foreign_engines(tmp_path, 
     sc["trt_version"] = "10.1.0"  # as if another TensorRT had written it
     ec.write_sidecar(p1, sc)
     with pytest.raises(EngineMismatchError):
-        trtmod.check_engine(p1)
+        ec.check_engine(p1)
     assert trtmod.get_or_build_engine(src, half=False, cache_root=tmp_path / "c") == p1
     assert fake.calls["builds"] == 2 and ec.read_sidecar(p1)["trt_version"] == "10.3.0"
 

@@ -17,11 +17,11 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from cloudrt.contract import NORMALIZATION, S1_BANDS, S2_BANDS  # noqa: E402
 from cloudrt.errors import InputError, ModelError  # noqa: E402
 from cloudrt.export import export_onnx  # noqa: E402
 from cloudrt.export.trt_ops import op_histogram, supported_ops, trt_problems  # noqa: E402
 from cloudrt.model import build  # noqa: E402
-from cloudrt.preprocess import NORMALIZATION, S1_BANDS, S2_BANDS  # noqa: E402
 
 TILE = 64
 FP32_TOL = 1e-4
@@ -144,7 +144,7 @@ def test_trt_problems_flags_unsupported_graphs():
 
 
 def test_metadata_props_and_weights_hash_from_checkpoint(models, tmp_path):
-    from cloudrt.checkpoint import save_checkpoint
+    from cloudrt.model.checkpoint import save_checkpoint
 
     st = save_checkpoint(models["tiny"], tmp_path / "ck", {"note": "test"})
     out = export_onnx(st, tmp_path / "ck.onnx", tile=TILE, batch="1:4:8", verbose=False)
@@ -249,9 +249,9 @@ def test_real_samples_at_256_fp32_and_fp16(samples_dir, tmp_path):
     """Real SEN12MS-CR triplets at the paper's 256 tile: FP32 parity, FP16 rel-L2 and PSNR within 0.1 dB."""
     from skimage.metrics import peak_signal_noise_ratio
 
-    from cloudrt.data import find_samples, load_sample
     from cloudrt.export.fp16 import convert_fp16
     from cloudrt.preprocess import normalize_optical, normalize_sar
+    from cloudrt.train.discovery import find_samples, load_sample
 
     trip = [s for s in find_samples(samples_dir) if s.is_triplet][:6]
     data = [load_sample(s) for s in trip]

@@ -37,7 +37,7 @@ def _rel_l2(a, ref) -> float:
 def shipped():
     for p in (DEFAULT_ONNX, DEFAULT_ONNX_FP16, DEFAULT_ONNX.parent / "RECIPE.md"):
         assert p.is_file(), f"{p} is missing although {DEFAULT_WEIGHTS} exists; {REBUILD}"
-    from cloudrt.checkpoint import load_checkpoint
+    from cloudrt.model.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(DEFAULT_WEIGHTS)
     tile = int(_props(DEFAULT_ONNX)["tile"])
@@ -52,8 +52,8 @@ def _eager(model, o, s):
 
 
 def test_shipped_metadata_names_the_current_weights(shipped):
-    from cloudrt.checkpoint import weights_sha256
     from cloudrt.export.trt_ops import trt_problems
+    from cloudrt.model.checkpoint import weights_sha256
 
     model, meta, tile, _ = shipped
     sha = weights_sha256(DEFAULT_WEIGHTS)
@@ -94,8 +94,8 @@ def test_reexport_from_weights_matches_shipped(shipped, tmp_path):
 def test_shipped_on_real_samples(shipped, samples_dir):
     from skimage.metrics import peak_signal_noise_ratio
 
-    from cloudrt.data import find_samples, load_sample
     from cloudrt.preprocess import normalize_optical, normalize_sar
+    from cloudrt.train.discovery import find_samples, load_sample
 
     model, _, tile, sess = shipped
     # three triplets (batch 3): the heavily clouded fall patch, the hazy winter one, a half-cloudy one

@@ -11,7 +11,7 @@ from affine import Affine
 from runtime_helpers import synthetic_scene, write_tif
 
 from cloudrt.errors import InputError
-from cloudrt.io import (
+from cloudrt.scene.io import (
     atomic_output,
     band_descriptions,
     check_output_path,
@@ -224,7 +224,7 @@ def test_gdal_env_caps_the_block_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     as bytes) and restores it on exit; a user-set GDAL_CACHEMAX is left alone."""
     import rasterio
 
-    from cloudrt.io import GDAL_CACHE_MB, gdal_env
+    from cloudrt.scene.io import GDAL_CACHE_MB, gdal_env
 
     monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
     before = _gdal_cache_max_mb()

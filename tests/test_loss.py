@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("kornia")
 
-from cloudrt.loss import CloudAwareLoss  # noqa: E402
+from cloudrt.train.loss import CloudAwareLoss  # noqa: E402
 
 
 def _pair(seed=0, n=2, c=3, h=32, w=32):

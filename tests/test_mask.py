@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from cloudrt.errors import InputError
-from cloudrt.mask import cloud_mask, cloud_score, shadow_mask
 from cloudrt.preprocess import normalize_optical
+from cloudrt.preprocess.mask import cloud_mask, cloud_score, shadow_mask
 
 # Eq. 13 as written in METHOD.md: (band indices summed, a, b) of rescale(sum, a, b) on reflectance.
 TERMS = (((1,), "0.1", "0.5"), ((0,), "0.1", "0.3"), ((0, 10), "0.15", "0.2"), ((1, 2, 3), "0.2", "0.8"))
@@ -155,7 +155,7 @@ def test_bad_input_raises_input_error() -> None:
 
 def test_import_mask_does_not_import_torch() -> None:
     code = (
-        "import sys, numpy as np, cloudrt.mask as m; m.cloud_mask(np.zeros((13, 4, 4), np.uint16)); "
+        "import sys, numpy as np, cloudrt.preprocess.mask as m; m.cloud_mask(np.zeros((13, 4, 4), np.uint16)); "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -228,7 +228,7 @@ def test_agreement_with_dataset_cloud_masks(shared_data: Path, method: str, floo
 # ---------------------------------------------------------------- torch twin
 def test_torch_mask_identical_to_numpy(shared_data: Path) -> None:
     torch = pytest.importorskip("torch")
-    from cloudrt.mask_torch import cloud_mask_torch
+    from cloudrt.model.mask_torch import cloud_mask_torch
 
     files = _s2_files(shared_data)
     stack = np.stack([_read(str(f)) for f in files[:12]])  # (N, 13, 256, 256) uint16
@@ -252,7 +252,7 @@ def test_torch_mask_identical_to_numpy(shared_data: Path) -> None:
 
 def test_torch_mask_nan_and_bad_input() -> None:
     torch = pytest.importorskip("torch")
-    from cloudrt.mask_torch import cloud_mask_torch
+    from cloudrt.model.mask_torch import cloud_mask_torch
 
     rng = np.random.default_rng(2)
     dn = rng.integers(1000, 6000, size=(2, 13, 8, 8)).astype(np.float64)

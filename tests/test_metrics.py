@@ -1,4 +1,4 @@
-"""cloudrt.metrics against independent references: float64 NumPy formulas and scikit-image."""
+"""cloudrt.train.metrics against independent references: float64 NumPy formulas and scikit-image."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from cloudrt import metrics as M
-from cloudrt.data import find_samples, load_sample
 from cloudrt.preprocess import normalize_optical
+from cloudrt.train import metrics as M
+from cloudrt.train.discovery import find_samples, load_sample
 
 # kornia computes SSIM in float32; against scikit-image's float64 it differs by <= 7e-7 on the shared
 # samples (measured), so 2e-5 is a safe bound that still catches any window/constant/border mismatch

@@ -15,10 +15,13 @@ import rasterio
 from runtime_helpers import make_onnx, reference_conv, synthetic_scene, write_tif
 
 from cloudrt.errors import BackendUnavailableError, EngineMismatchError, InputError, ModelError
-from cloudrt.mask import cloud_mask, shadow_mask
 from cloudrt.preprocess import denormalize_optical, normalize_optical, normalize_sar
-from cloudrt.runtime import Runtime, check_engine_compat, default_overlap, feather_alpha
-from cloudrt.runtime.scene import ArraySink, ArraySource, mask_scene
+from cloudrt.preprocess.mask import cloud_mask, shadow_mask
+from cloudrt.runtime import Runtime, check_engine_compat, default_overlap
+from cloudrt.scene.driver import feather_alpha
+from cloudrt.scene.masking import mask_scene
+from cloudrt.scene.sinks import ArraySink
+from cloudrt.scene.sources import ArraySource
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -278,7 +281,7 @@ def test_windowed_mask_equals_whole_scene_mask(shared_data: Path) -> None:
 
 def test_column_chunks_do_not_change_the_result(models: dict[str, Path]) -> None:
     """Compositing by 37-column chunks with a halo gives exactly what one chunk gives (sen12mscr mask)."""
-    from cloudrt.runtime.scene import run_scene
+    from cloudrt.scene.driver import run_scene
 
     opt, sar = synthetic_scene(70, 150, seed=9)
     rt = Runtime(models["k1"], mask_method="sen12mscr")
@@ -299,7 +302,7 @@ def test_column_panels_equal_the_single_pass(models: dict[str, Path], composite:
     (skipped tiles) gives bit-identical output and mask to the single pass: the panel windows are on the
     single pass's tile grid and cover every tile and mask halo (16 px) of their core columns, and ORT's
     conv is per-sample, so no tolerance is needed."""
-    from cloudrt.runtime.scene import run_scene
+    from cloudrt.scene.driver import run_scene
 
     h, w = 70, 365
     opt, sar = synthetic_scene(h, w, seed=11)
@@ -341,7 +344,7 @@ def test_panel_memory_is_independent_of_width(models: dict[str, Path]) -> None:
     """Peak NumPy allocation (tracemalloc; inputs and output preallocated) of a whole-scene run with mask:
     with 128-column panels it is the same for a 1024- and a 4096-px-wide scene (within 15 %), while the
     single pass grows with the width (the measurement can tell)."""
-    from cloudrt.runtime.scene import run_scene
+    from cloudrt.scene.driver import run_scene
 
     rt = Runtime(models["k1"], batch=4)
     peaks = {}
@@ -362,7 +365,7 @@ def test_panel_memory_is_independent_of_width(models: dict[str, Path]) -> None:
 def test_predict_file_caps_gdal_cache(models: dict[str, Path], tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The Python API (not only the CLI) streams a file scene with GDAL's block cache capped."""
-    from cloudrt.io import GDAL_CACHE_MB
+    from cloudrt.scene.io import GDAL_CACHE_MB
 
     monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
     opt, sar = synthetic_scene(40, 50, seed=2)
@@ -374,9 +377,9 @@ def test_predict_file_caps_gdal_cache(models: dict[str, Path], tmp_path: Path,
 
 
 def test_mask_file_caps_gdal_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`cloudrt mask` streams through the same cache cap as inference (one mechanism, cloudrt.io.gdal_env)."""
-    from cloudrt.io import GDAL_CACHE_MB
-    from cloudrt.runtime import mask_file
+    """`cloudrt mask` streams through the same cache cap as inference (one mechanism, cloudrt.scene.io.gdal_env)."""
+    from cloudrt.scene.io import GDAL_CACHE_MB
+    from cloudrt.scene.masking import mask_file
 
     monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
     opt, _ = synthetic_scene(40, 50, seed=2)

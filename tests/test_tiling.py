@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from runtime_helpers import reference_conv
 
-from cloudrt.tiling import (
+from cloudrt.scene.tiling import (
     AxisTiling,
     blend_array,
     blend_rows,

@@ -8,10 +8,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cloudrt.checkpoint import load_checkpoint, read_meta, save_checkpoint, weights_sha256  # noqa: E402
 from cloudrt.errors import ModelError  # noqa: E402
 from cloudrt.model import build  # noqa: E402
-from cloudrt.train import TrainConfig, train  # noqa: E402
+from cloudrt.model.checkpoint import load_checkpoint, read_meta, save_checkpoint, weights_sha256  # noqa: E402
+from cloudrt.train.loop import TrainConfig, train  # noqa: E402
 
 
 def _cfg(samples_dir, out, **kw):

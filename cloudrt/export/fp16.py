@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
+from cloudrt._deps import dist_version
 from cloudrt.errors import ModelError
 
 #: Operator types kept in FP32 (inputs cast up, outputs cast back down).
@@ -75,7 +76,7 @@ def convert_fp16(model: Any, *, extra_fp32_ops: Iterable[str] = (), extra_fp32_n
     props["precision"] = "fp16"
     props["fp16_fp32_ops"] = ",".join(sorted(set(FP32_OPS) | set(extra_fp32_ops)))
     props["fp16_fp32_nodes"] = ",".join(block_nodes)
-    props["fp16_converter"] = f"onnxconverter-common {_version('onnxconverter-common')} float16"
+    props["fp16_converter"] = f"onnxconverter-common {dist_version('onnxconverter-common', 'unknown')} float16"
     onnx.helper.set_model_props(m16, props)
     onnx.checker.check_model(m16)
     return m16
@@ -128,12 +129,3 @@ def fp32_islands(model: Any) -> dict[str, Any]:
         if bucket is not None:
             bucket[n.op_type] = bucket.get(n.op_type, 0) + 1
     return {"fp32": fp32, "fp16": fp16}
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "unknown"

@@ -13,7 +13,6 @@ Slice+Concat, MatMul-Softmax-MatMul. onnxslim then folds the shape arithmetic an
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -22,61 +21,21 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from cloudrt._version import __version__
-from cloudrt.errors import InputError, ModelError
-from cloudrt.export.engine_cache import parse_batch
-from cloudrt.fileutil import atomic_write_bytes
+import numpy as np
 
-INPUT_NAMES = ("optical", "sar")
-OUTPUT_NAME = "optical_clear"
+from cloudrt._deps import dist_version
+from cloudrt._version import __version__
+from cloudrt.contract import INPUT_NAMES, NORMALIZATION, OPTICAL_INPUT, OUTPUT, S1_BANDS, S2_BANDS, SAR_INPUT
+from cloudrt.errors import InputError, ModelError
+from cloudrt.export.fp16 import convert_fp16, fp32_islands
+from cloudrt.export.trt_ops import op_histogram, trt_problems
+from cloudrt.fileutil import atomic_write_bytes
+from cloudrt.paths import cache_dir
+from cloudrt.runtime.trt_meta import parse_batch
+
 DEFAULT_OPSET = 17
 FP32_MAX_ABS_TOL = 1e-4  # ONNX Runtime FP32 vs eager
 FP16_REL_L2_TOL = 1e-2  # ONNX Runtime FP16 graph vs eager FP32
-
-
-def _dist_version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "not installed"
-
-
-def _state_dict_sha256(model: Any) -> str:
-    from safetensors.torch import save
-
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return hashlib.sha256(save(sd)).hexdigest()
-
-
-def resolve_model(model_or_weights: Any = None) -> tuple[Any, dict[str, Any]]:
-    """``None`` (shipped default) | checkpoint path | ``nn.Module`` -> (model, provenance dict)."""
-    import torch
-
-    from cloudrt.checkpoint import load_checkpoint, weights_sha256
-
-    if isinstance(model_or_weights, torch.nn.Module):
-        model = model_or_weights
-        return model, {
-            "weights_sha256": _state_dict_sha256(model),
-            "weights_source": "in-memory module (sha256 of its state_dict as safetensors)",
-        }
-    if model_or_weights is None:
-        from cloudrt.paths import DEFAULT_WEIGHTS
-
-        path = Path(DEFAULT_WEIGHTS)
-        if not path.is_file():
-            raise ModelError(
-                f"the shipped default model {path} is missing; pass a checkpoint (NAME.safetensors) to export."
-            )
-    else:
-        path = Path(model_or_weights)
-    if path.suffix == ".onnx":
-        raise InputError(f"{path} is already ONNX; pass a .safetensors checkpoint (or --format engine to build "
-                         "a TensorRT engine from this ONNX file).")
-    model, _meta = load_checkpoint(path)
-    return model, {"weights_sha256": weights_sha256(path), "weights_source": path.name}
 
 
 def _batch_mode(batch: int | str | None) -> tuple[int | None, tuple[int, int, int] | None]:
@@ -90,15 +49,15 @@ def _batch_mode(batch: int | str | None) -> tuple[int | None, tuple[int, int, in
 
 
 def default_onnx_path(preset: str, weights_sha256: str, tile: int, half: bool, static_batch: int | None) -> Path:
-    """Where :func:`export_onnx` writes when no path is given: the user cache, keyed by weights and shape."""
-    from cloudrt.paths import cache_dir
-
+    """Where intermediate ONNX files go (bench, engine builds): the user cache, keyed by weights and shape."""
     name = f"{preset}-{weights_sha256[:12]}-t{tile}-{'fp16' if half else 'fp32'}"
     if static_batch is not None:
         name += f"-b{static_batch}"
     return cache_dir() / "onnx" / f"{name}.onnx"
 
 
+# export_onnx is ~110 lines: one linear recipe (trace, slim, check, FP16, metadata, verify, write, report) whose
+# steps share the traced inputs and the graph; each step is a few lines, so splitting would only add plumbing.
 def export_onnx(
     model_or_weights: Any = None, path: str | os.PathLike | None = None, *, tile: int = 256,
     batch: int | str | None = None, opset: int = DEFAULT_OPSET, half: bool = False, simplify: bool = True,
@@ -114,15 +73,15 @@ def export_onnx(
     require max abs error <= 1e-4 (FP32) or relative L2 <= 1e-2 (FP16) against the eager model.
     ``path=None`` writes to the user cache (:func:`default_onnx_path`).
     """
-    import onnx
+    import onnx  # lazy: the export extra
     import torch
 
-    from cloudrt.export.trt_ops import op_histogram, trt_problems
-    from cloudrt.preprocess import NORMALIZATION, S1_BANDS, S2_BANDS
+    from cloudrt.model.resolve import resolve_model  # lazy: imports torch
 
     say = print if verbose else (lambda *a, **k: None)
     t0 = time.perf_counter()
     model, prov = resolve_model(model_or_weights)
+    prov["weights_source"] = Path(prov["source"]).name if Path(prov["source"]).is_file() else prov["source"]
     cfg = dict(getattr(model, "config", {}) or {})
     preset = str(cfg.get("preset", type(model).__name__))
     divisor = int(getattr(model, "size_divisor", 1))
@@ -142,7 +101,7 @@ def export_onnx(
     gen = torch.Generator().manual_seed(0)
     optical = torch.rand(b0, len(S2_BANDS), tile, tile, generator=gen).to(dev)
     sar = torch.rand(b0, len(S1_BANDS), tile, tile, generator=gen).to(dev)
-    dynamic_axes = None if static_batch else {n: {0: "N"} for n in (*INPUT_NAMES, OUTPUT_NAME)}
+    dynamic_axes = None if static_batch else {n: {0: "N"} for n in (*INPUT_NAMES, OUTPUT)}
     buf = io.BytesIO()
     try:
         with torch.no_grad():
@@ -151,7 +110,7 @@ def export_onnx(
                 warnings.simplefilter("ignore")  # TracerWarnings on the static shapes, exporter deprecation
                 torch.onnx.export(
                     model, (optical, sar), buf, dynamo=False, opset_version=opset,
-                    input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes,
+                    input_names=list(INPUT_NAMES), output_names=[OUTPUT], dynamic_axes=dynamic_axes,
                     do_constant_folding=True,
                 )
     finally:
@@ -159,13 +118,11 @@ def export_onnx(
     m = onnx.load_from_string(buf.getvalue())
     raw_nodes = len(m.graph.node)
     if simplify:
-        import onnxslim
+        import onnxslim  # lazy: the export extra
 
         m = onnxslim.slim(m)
     onnx.checker.check_model(m, full_check=True)
     if half:
-        from cloudrt.export.fp16 import convert_fp16
-
         m = convert_fp16(m)
 
     props = {p.key: p.value for p in m.metadata_props}
@@ -183,9 +140,9 @@ def export_onnx(
         "opset": str(opset),
         "batch": str(static_batch) if static_batch else "dynamic",
         "exporter": f"torch {torch.__version__} TorchScript exporter (dynamo=False)",
-        "simplifier": f"onnxslim {_dist_version('onnxslim')}" if simplify else "none",
+        "simplifier": f"onnxslim {dist_version('onnxslim')}" if simplify else "none",
         "io": f"optical (N,{len(S2_BANDS)},{tile},{tile}) + sar (N,{len(S1_BANDS)},{tile},{tile}) float32 "
-              f"in [0,1] -> {OUTPUT_NAME} (N,{len(S2_BANDS)},{tile},{tile}) float32, same units",
+              f"in [0,1] -> {OUTPUT} (N,{len(S2_BANDS)},{tile},{tile}) float32, same units",
     })
     if profile_hint:
         props["batch_profile"] = ":".join(map(str, profile_hint))
@@ -208,8 +165,6 @@ def export_onnx(
         f"initializers / {n_params:,} weights, {len(data):,} bytes ({len(data) / 2**20:.2f} MiB)")
     say("ops: " + ", ".join(f"{op} {n}" for op, n in sorted(hist.items(), key=lambda kv: (-kv[1], kv[0]))))
     if half:
-        from cloudrt.export.fp16 import fp32_islands
-
         isl = fp32_islands(m)
         say("fp32 islands: " + ", ".join(f"{k} {v}" for k, v in sorted(isl["fp32"].items())))
     if problems:
@@ -228,11 +183,10 @@ def _numel(dims: Any) -> int:
 
 def _verify(data: bytes, optical: Any, sar: Any, reference: Any, half: bool, say: Any) -> None:
     """ONNX Runtime (CPU) on the traced batch vs the eager output; raise ModelError past tolerance."""
-    import numpy as np
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: the cpu extra
 
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    out = sess.run([OUTPUT_NAME], {"optical": optical, "sar": sar})[0]
+    out = sess.run([OUTPUT], {OPTICAL_INPUT: optical, SAR_INPUT: sar})[0]
     if half:
         rel = float(np.linalg.norm(out - reference) / max(np.linalg.norm(reference), 1e-12))
         say(f"parity (ONNX Runtime CPU, FP16 graph vs eager FP32, batch {optical.shape[0]}): relative L2 "

@@ -10,8 +10,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from cloudrt._deps import dist_version
 from cloudrt._version import __version__
+from cloudrt.export.trt_ops import SOURCE_VERSION, op_histogram, trt_problems
 from cloudrt.fileutil import atomic_write_bytes, file_sha256
+from cloudrt.paths import DEFAULT_ONNX, DEFAULT_ONNX_FP16, DEFAULT_WEIGHTS, shared_data_dir
+from cloudrt.preprocess.normalize import normalize_optical, normalize_sar
+from cloudrt.train.discovery import find_samples, load_sample
+from cloudrt.train.metrics import psnr
 
 SHIPPED_TILE = 256
 COMMANDS = (
@@ -23,13 +31,7 @@ TOOLS = ("torch", "onnx", "onnxruntime", "onnxslim", "onnxconverter-common", "nu
 
 
 def real_samples(limit: int | None = None) -> tuple[Any, Any, Any, list[str]] | None:
-    """Normalized (optical, sar, target, names) of the SEN12MS-CR triplets in ../shared/data, or None."""
-    import numpy as np
-
-    from cloudrt.data import find_samples, load_sample
-    from cloudrt.paths import shared_data_dir
-    from cloudrt.preprocess import normalize_optical, normalize_sar
-
+    """Normalized (optical, sar, target, names) of the SEN12MS-CR triplets in the shared data folder, or None."""
     root = shared_data_dir()
     if root is None or not (root / "sen12mscr-samples").is_dir():
         return None
@@ -42,12 +44,10 @@ def real_samples(limit: int | None = None) -> tuple[Any, Any, Any, list[str]] | 
 
 def measure(weights: Path, onnx32: Path, onnx16: Path) -> dict[str, Any]:
     """Parity figures of the shipped files vs the eager model (ONNX Runtime CPU)."""
-    import numpy as np
-    import onnxruntime as ort
-    import torch
+    import onnxruntime as ort  # lazy: heavy optional dependencies
 
-    from cloudrt.checkpoint import load_checkpoint
-    from cloudrt.metrics import psnr
+    from cloudrt.model.checkpoint import load_checkpoint
+    from cloudrt.model.torch_backend import forward_numpy
 
     model, _ = load_checkpoint(weights)
     s32 = ort.InferenceSession(str(onnx32), providers=["CPUExecutionProvider"])
@@ -57,16 +57,14 @@ def measure(weights: Path, onnx32: Path, onnx16: Path) -> dict[str, Any]:
     for b in (1, 3):
         o = rng.random((b, 13, SHIPPED_TILE, SHIPPED_TILE), dtype=np.float32)
         s = rng.random((b, 2, SHIPPED_TILE, SHIPPED_TILE), dtype=np.float32)
-        with torch.no_grad():
-            ref = model(torch.from_numpy(o), torch.from_numpy(s)).numpy()
+        ref = forward_numpy(model, o, s)
         res[f"random b{b} fp32 max abs"] = float(np.abs(s32.run(None, {"optical": o, "sar": s})[0] - ref).max())
         out16 = s16.run(None, {"optical": o, "sar": s})[0]
         res[f"random b{b} fp16 rel L2"] = float(np.linalg.norm(out16 - ref) / np.linalg.norm(ref))
     real = real_samples()
     if real is not None:
         o, s, target, names = real
-        with torch.no_grad():
-            ref = model(torch.from_numpy(o), torch.from_numpy(s)).numpy()
+        ref = forward_numpy(model, o, s)
         out32 = s32.run(None, {"optical": o, "sar": s})[0]
         out16 = s16.run(None, {"optical": o, "sar": s})[0]
         res["real samples"] = len(names)
@@ -79,21 +77,10 @@ def measure(weights: Path, onnx32: Path, onnx16: Path) -> dict[str, Any]:
     return res
 
 
-def _dist(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
-
-
+# write_recipe is ~90 lines of Markdown assembly: one list of lines, top to bottom as the file reads.
 def write_recipe(export_dir: Path | None = None, weights: Path | None = None) -> Path:
     """(Re)write ``RECIPE.md`` next to the shipped ONNX files; returns its path."""
-    import onnx
-
-    from cloudrt.export.trt_ops import SOURCE_VERSION, op_histogram, trt_problems
-    from cloudrt.paths import DEFAULT_ONNX, DEFAULT_ONNX_FP16, DEFAULT_WEIGHTS
+    import onnx  # lazy: the export extra
 
     export_dir = Path(export_dir) if export_dir else DEFAULT_ONNX.parent
     weights = Path(weights) if weights else DEFAULT_WEIGHTS
@@ -145,7 +132,7 @@ def write_recipe(export_dir: Path | None = None, weights: Path | None = None) ->
                      f"{check}.")
     lines += ["", "## Versions", "",
               f"- cloudrt {__version__}, Python {platform.python_version()} ({sys.platform})"]
-    lines += [f"- {t} {_dist(t)}" for t in TOOLS]
+    lines += [f"- {t} {dist_version(t)}" for t in TOOLS]
     lines += ["", "## Parity measured when built (ONNX Runtime CPU vs the eager PyTorch model)", ""]
     for k, v in measure(weights, files[0], files[1]).items():
         lines.append(f"- {k}: {v:.3g}" if isinstance(v, float) else f"- {k}: {v}")

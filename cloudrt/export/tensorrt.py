@@ -7,48 +7,35 @@ the only mode TensorRT 11 has, and the recommended one from 10.12 on (weak typin
 to the FP32 graph with ``BuilderFlag.FP16``.
 
 Every build sets an optimization profile for the batch range, a workspace limit and a persistent timing
-cache, and writes the engine plus a JSON sidecar (:mod:`cloudrt.export.engine_cache`).
+cache, and writes the engine plus a JSON sidecar. GPU probing, the engine cache, sidecars and the
+compatibility rules are the runtime's (:mod:`cloudrt.runtime.trt_meta`): the runtime loads what this builds.
 
-Nothing here imports torch. TensorRT and the GPU are looked up only when a build or check runs: without
-them the functions raise :class:`cloudrt.errors.BackendUnavailableError` (one line; the CLI exits 2).
+Nothing here imports torch; onnx is imported only to read metadata and make the FP16 graph. Without
+TensorRT or a GPU the functions raise :class:`cloudrt.errors.BackendUnavailableError` (one line; exit 2).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 from cloudrt.errors import BackendUnavailableError, InputError, ModelError
-from cloudrt.export.engine_cache import (
+from cloudrt.export.fp16 import convert_fp16
+from cloudrt.fileutil import atomic_write_bytes, file_sha256
+from cloudrt.runtime import trt_meta
+from cloudrt.runtime.trt_meta import (
     DEFAULT_ENGINE_BATCH,
     engine_cache_path,
     make_sidecar,
-    normalize_trt_version,
     parse_batch,
-    read_sidecar,
     timing_cache_path,
+    trt_version_tuple,
     write_sidecar,
 )
-from cloudrt.fileutil import atomic_write_bytes, file_sha256
 
 STRONG_TYPING_DEFAULT_FROM = (10, 12)  # weak typing deprecated in 10.12, removed in 11.0
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    """One CUDA device as the driver reports it."""
-
-    index: int
-    name: str
-    compute_capability: str  # "8.7"
-    total_memory: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,44 +47,13 @@ class BuildMode:
     needs_fp16_graph: bool  # FP16 must come from the mixed-precision ONNX graph
 
 
-def require_tensorrt() -> ModuleType:
-    """Import ``tensorrt`` (10+) or raise :class:`BackendUnavailableError` with one clear line."""
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise BackendUnavailableError(
-            "--format engine needs TensorRT 10 or newer and an NVIDIA GPU, and TensorRT is not installed "
-            "here; install it where the GPU is (pip install 'cloudrt[tensorrt]') or use --format onnx."
-        ) from e
-    except OSError as e:  # the wheel is there but libnvinfer / CUDA libraries do not load
-        raise BackendUnavailableError(
-            f"TensorRT is installed but its libraries do not load ({e}); fix the CUDA/TensorRT install or "
-            "use --format onnx."
-        ) from e
-    ver = _ver_tuple(getattr(trt, "__version__", "0"))
-    if ver < (10, 0):
-        raise BackendUnavailableError(
-            f"TensorRT {trt.__version__} is installed but cloudrt needs TensorRT 10 or newer; upgrade it "
-            "(pip install -U 'tensorrt>=10') or use --format onnx."
-        )
-    return trt
-
-
-def _ver_tuple(v: str) -> tuple[int, int]:
-    try:
-        major, minor, _ = normalize_trt_version(v).split(".")
-        return int(major), int(minor)
-    except ValueError:
-        return (0, 0)
-
-
 def trt_build_mode(trt_version: str, half: bool, strongly_typed: bool | None = None) -> BuildMode:
     """Pick strong typing vs the FP16 builder flag for ``trt_version`` (pure logic, testable anywhere).
 
     TensorRT 11: always strongly typed. 10.12+: strongly typed unless ``strongly_typed=False``.
     Older 10.x: ``BuilderFlag.FP16`` on the FP32 graph unless ``strongly_typed=True``.
     """
-    ver = _ver_tuple(trt_version)
+    ver = trt_version_tuple(trt_version)
     if ver < (10, 0):
         raise BackendUnavailableError(f"TensorRT {trt_version} is too old; cloudrt needs TensorRT 10 or newer.")
     if ver >= (11, 0):
@@ -111,112 +67,6 @@ def trt_build_mode(trt_version: str, half: bool, strongly_typed: bool | None = N
     return BuildMode(strongly_typed=strong, fp16_flag=half and not strong, needs_fp16_graph=half and strong)
 
 
-# --------------------------------------------------------------------------- GPU lookup (CUDA driver API)
-
-_CU_ATTR_CC_MAJOR, _CU_ATTR_CC_MINOR = 75, 76
-
-
-def _libcuda() -> Any:
-    names = ["nvcuda.dll"] if sys.platform == "win32" else ["libcuda.so.1", "libcuda.so"]
-    found = ctypes.util.find_library("cuda")
-    if found:
-        names.append(found)
-    for name in names:
-        try:
-            return ctypes.CDLL(name)
-        except OSError:
-            continue
-    return None
-
-
-def _driver_gpu_info(index: int) -> GpuInfo:
-    """Query device ``index`` through the CUDA driver (no torch, no CUDA toolkit needed)."""
-    lib = _libcuda()
-    if lib is None:
-        raise BackendUnavailableError(
-            "--format engine needs an NVIDIA GPU, and no CUDA driver (libcuda) is present on this machine; "
-            "build engines on the GPU machine that will run them, or use --format onnx."
-        )
-    if lib.cuInit(0) != 0:
-        raise BackendUnavailableError(
-            "--format engine needs an NVIDIA GPU, and the CUDA driver reports none usable here (cuInit "
-            "failed); check nvidia-smi and CUDA_VISIBLE_DEVICES, or use --format onnx."
-        )
-    count = ctypes.c_int(0)
-    lib.cuDeviceGetCount(ctypes.byref(count))
-    if not 0 <= index < count.value:
-        raise BackendUnavailableError(
-            f"--device {index} does not exist: this machine has {count.value} CUDA GPU(s); pass "
-            f"--device 0{'..' + str(count.value - 1) if count.value > 1 else ''}."
-            if count.value else
-            "--format engine needs an NVIDIA GPU, and none is visible here; use --format onnx."
-        )
-    dev = ctypes.c_int(0)
-    lib.cuDeviceGet(ctypes.byref(dev), index)
-    buf = ctypes.create_string_buffer(256)
-    lib.cuDeviceGetName(buf, 256, dev)
-    major, minor = ctypes.c_int(0), ctypes.c_int(0)
-    lib.cuDeviceGetAttribute(ctypes.byref(major), _CU_ATTR_CC_MAJOR, dev)
-    lib.cuDeviceGetAttribute(ctypes.byref(minor), _CU_ATTR_CC_MINOR, dev)
-    mem = ctypes.c_size_t(0)
-    total = mem.value if lib.cuDeviceTotalMem_v2(ctypes.byref(mem), dev) == 0 else None
-    return GpuInfo(index, buf.value.decode(errors="replace"), f"{major.value}.{minor.value}", total)
-
-
-def gpu_info(device: int | str = 0) -> GpuInfo:
-    """Name and compute capability of CUDA device ``device`` (``0``, ``"1"`` or ``"cuda:1"``)."""
-    return _driver_gpu_info(parse_device(device))
-
-
-def parse_device(device: int | str | None) -> int:
-    """``None``/``"cuda"`` -> 0, ``"cuda:1"``/``"1"``/``1`` -> 1; :class:`InputError` otherwise."""
-    if device is None:
-        return 0
-    s = str(device).strip().lower()
-    if s in ("cuda", "gpu"):
-        return 0
-    s = s.removeprefix("cuda:").removeprefix("gpu:")
-    if not s.isdigit():
-        raise InputError(f"--device {device!r} is not a GPU index; use e.g. --device 0 or --device cuda:1.")
-    return int(s)
-
-
-def _activate_device(index: int) -> None:
-    """Make ``index`` the current CUDA device for TensorRT (primary context via the driver API)."""
-    lib = _libcuda()
-    if lib is None:
-        return
-    dev, ctx = ctypes.c_int(0), ctypes.c_void_p()
-    if lib.cuDeviceGet(ctypes.byref(dev), index) == 0 and \
-            lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev) == 0:
-        lib.cuCtxSetCurrent(ctx)
-
-
-# --------------------------------------------------------------------------- compatibility check
-
-
-def check_engine_compat(sidecar: dict[str, Any], trt_version: str, compute_capability: str) -> None:
-    """Raise :class:`EngineMismatchError` unless the engine suits this TensorRT and GPU.
-
-    The runtime's rule (``cloudrt.runtime.tensorrt_backend.check_engine_compat``), so export and runtime
-    refuse engines identically.
-    """
-    from cloudrt.runtime.tensorrt_backend import check_engine_compat as runtime_check
-
-    runtime_check(sidecar, trt_version, compute_capability)
-
-
-def check_engine(engine_path: str | os.PathLike, device: int | str = 0) -> dict[str, Any]:
-    """Read the engine's sidecar and refuse it if it was built for another TensorRT or GPU."""
-    sidecar = read_sidecar(engine_path)
-    trt = require_tensorrt()
-    check_engine_compat(sidecar, trt.__version__, gpu_info(device).compute_capability)
-    return sidecar
-
-
-# --------------------------------------------------------------------------- build
-
-
 def _onnx_metadata(onnx_path: Path) -> dict[str, str]:
     import onnx
 
@@ -228,19 +78,18 @@ def _fp16_graph_for(onnx_path: Path, onnx_sha: str, cache_root: str | os.PathLik
     """The mixed-precision version of an FP32 ONNX file, converted once and cached next to the engines."""
     import onnx
 
-    from cloudrt.export.engine_cache import _cache_root
-    from cloudrt.export.fp16 import convert_fp16
-
-    out = _cache_root(cache_root) / "onnx" / f"{onnx_sha[:16]}-fp16.onnx"
+    out = trt_meta._cache_root(cache_root) / "onnx" / f"{onnx_sha[:16]}-fp16.onnx"
     if not out.is_file():
         m16 = convert_fp16(onnx.load(str(onnx_path)))
         atomic_write_bytes(out, m16.SerializeToString())
     return out
 
 
+# build_engine is ~100 lines: one linear TensorRT recipe (parse, config, profile, timing cache, build,
+# sidecar) whose steps share the builder objects; split up, each step would take half a dozen of them.
 def build_engine(
     onnx_path: str | os.PathLike, path: str | os.PathLike | None = None, *, half: bool = True,
-    batch: int | str = DEFAULT_ENGINE_BATCH, workspace_gb: float = 4, device: int | str = 0,
+    batch: int | str = DEFAULT_ENGINE_BATCH, workspace_gb: float = 4, device: int | str | None = 0,
     timing_cache: str | os.PathLike | None = None, strongly_typed: bool | None = None,
     cache_root: str | os.PathLike | None = None, verbose: bool = True,
 ) -> Path:
@@ -251,9 +100,9 @@ def build_engine(
     workspace limit in GiB. ``timing_cache``: file to load and update (default: per TensorRT version and
     GPU architecture under the cache directory). Returns the engine path; the sidecar is ``PATH.json``.
     """
-    trt = require_tensorrt()
-    index = parse_device(device)
-    gpu = gpu_info(index)
+    trt = trt_meta.require_tensorrt()
+    gpu = trt_meta.gpu_info(device)
+    index = gpu.index
     bmin, bopt, bmax = parse_batch(batch)
     if workspace_gb <= 0:
         raise InputError(f"--workspace {workspace_gb} must be a positive number of GiB, e.g. --workspace 4.")
@@ -280,7 +129,7 @@ def build_engine(
         f"({'strongly typed' if mode.strongly_typed else 'FP16 builder flag'}) for {gpu.name} "
         f"(sm {gpu.compute_capability}), batch {bmin}:{bopt}:{bmax}, from {source.name}")
 
-    _activate_device(index)
+    trt_meta.activate_device(index)
     t0 = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -346,22 +195,15 @@ def build_engine(
 
 def get_or_build_engine(
     onnx_path: str | os.PathLike, *, half: bool = True, batch: int | str = DEFAULT_ENGINE_BATCH,
-    workspace_gb: float = 4, device: int | str = 0, cache_root: str | os.PathLike | None = None,
+    workspace_gb: float = 4, device: int | str | None = 0, cache_root: str | os.PathLike | None = None,
     verbose: bool = False,
 ) -> Path:
     """The cached engine for this ONNX file, precision and batch profile on this device; built on first use.
 
     A cached engine whose sidecar names another TensorRT version or GPU is rebuilt, not loaded.
     """
-    trt = require_tensorrt()
-    gpu = gpu_info(device)
-    path = engine_cache_path(onnx_path, "fp16" if half else "fp32", batch=batch, trt_version=trt.__version__,
-                             compute_capability=gpu.compute_capability, cache_root=cache_root)
-    if path.is_file():
-        try:
-            check_engine_compat(read_sidecar(path), trt.__version__, gpu.compute_capability)
-            return path
-        except ModelError:  # includes EngineMismatchError: rebuild below
-            pass
-    return build_engine(onnx_path, path, half=half, batch=batch, workspace_gb=workspace_gb, device=device,
+    cached = trt_meta.cached_engine(onnx_path, half=half, batch=batch, device=device, cache_root=cache_root)
+    if cached is not None:
+        return cached
+    return build_engine(onnx_path, None, half=half, batch=batch, workspace_gb=workspace_gb, device=device,
                         cache_root=cache_root, verbose=verbose)

@@ -19,10 +19,13 @@ and pixel. The gate lets the network lean on SAR only where the optical features
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from cloudrt.model.blocks import IRN, LFE, RDB, GlobalResidual, Reconfigure
+from cloudrt.model.registry import preset_config
 from cloudrt.model.swin import SwinBlock
 
 
@@ -106,3 +109,18 @@ class CARF(nn.Module):
             stage_outs.append(f_opt)
         f = self.gff(torch.cat(stage_outs, dim=1)) + f0_opt  # eqs. 9-10
         return self.global_residual(self.irn(f), optical)  # eqs. 11-12: (N, 13, H, W)
+
+
+def from_config(cfg: dict[str, Any]) -> CARF:
+    """Build a model from a full config dict (as stored in checkpoints)."""
+    cfg = dict(cfg)
+    name = cfg.pop("preset", "carf-base")
+    base = preset_config(name)
+    base.update({k: v for k, v in cfg.items() if k in base})
+    return CARF(base)
+
+
+def build(name: str = "carf-base", **overrides: Any) -> CARF:
+    """Build preset ``name`` (see :func:`cloudrt.model.registry.list_models`) with config ``overrides``;
+    random init."""
+    return CARF(preset_config(name, **overrides))

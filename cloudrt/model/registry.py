@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cloudrt.errors import ModelError
+
 _BASE: dict[str, Any] = {
     "optical_bands": 13,
     "sar_bands": 2,
@@ -33,8 +35,6 @@ def list_models() -> list[str]:
 def preset_config(name: str, **overrides: Any) -> dict[str, Any]:
     """Full config dict for preset ``name`` with ``overrides`` applied."""
     if name not in PRESETS:
-        from cloudrt.errors import ModelError
-
         raise ModelError(f"unknown model preset {name!r}; choose one of {', '.join(list_models())}.")
     cfg = {**_BASE, **PRESETS[name]}
     unknown = set(overrides) - set(cfg)

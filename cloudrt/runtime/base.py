@@ -1,4 +1,4 @@
-"""The backend interface of the runtime and the ONNX model contract it consumes."""
+"""The backend interface of the runtime (the model contract it consumes is :mod:`cloudrt.contract`)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,6 @@ from typing import Any
 import numpy as np
 
 from cloudrt.errors import InputError
-
-# ONNX model contract (see notes: export produces it, the runtime consumes it).
-OPTICAL_INPUT = "optical"
-SAR_INPUT = "sar"
-OUTPUT = "optical_clear"
-OPTICAL_BANDS = 13
-SAR_BANDS = 2
-CONTRACT = (
-    f"inputs {OPTICAL_INPUT} (N,{OPTICAL_BANDS},T,T) float32 and {SAR_INPUT} (N,{SAR_BANDS},T,T) float32, "
-    f"output {OUTPUT} (N,{OPTICAL_BANDS},T,T)"
-)
 
 
 class Backend:

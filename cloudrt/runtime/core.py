@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
 
 import numpy as np
 
+from cloudrt._version import __version__
+from cloudrt.contract import S2_BANDS
 from cloudrt.errors import InputError
-from cloudrt.preprocess import S2_BANDS, check_optical, check_sar
+from cloudrt.preprocess.mask import METHODS, cloud_mask
+from cloudrt.preprocess.normalize import check_optical, check_sar
 from cloudrt.runtime.backends import load_backend
 from cloudrt.runtime.base import Backend
-from cloudrt.runtime.scene import (
-    DEFAULT_FEATHER,
-    PANEL,
-    ArraySink,
-    ArraySource,
-    Progress,
-    RasterSink,
-    RasterSource,
-    check_has_valid,
-    open_scene,
-    run_scene,
+from cloudrt.scene.driver import DEFAULT_FEATHER, PANEL, Progress, run_scene
+from cloudrt.scene.io import (
+    DEFAULT_COMPRESS,
+    atomic_output,
+    band_descriptions,
+    check_compression,
+    check_output_path,
+    gdal_env,
+    open_writer,
+    output_profile,
 )
+from cloudrt.scene.sinks import ArraySink, RasterSink
+from cloudrt.scene.sources import ArraySource, RasterSource, check_has_valid, open_scene
 
 log = logging.getLogger("cloudrt.runtime")
 
@@ -50,19 +55,19 @@ class Runtime:
     ``backend``: ``auto`` (fastest available; see :attr:`backend_name`), ``tensorrt``, ``onnxruntime``,
     ``cuda``, ``cpu`` or ``torch``. ``tile`` (default: the model's), ``overlap`` (default
     :func:`default_overlap`), ``batch`` (tiles per backend call). ``mask_method``: ``paper`` or
-    ``sen12mscr`` (:func:`cloudrt.mask.cloud_mask`); ``feather``: compositing edge width in pixels.
-``panel``: core columns per vertical panel of wide scenes (default :data:`cloudrt.runtime.scene.PANEL`;
+    ``sen12mscr`` (:func:`cloudrt.preprocess.mask.cloud_mask`); ``feather``: compositing edge width in pixels.
+``panel``: core columns per vertical panel of wide scenes (default :data:`cloudrt.scene.driver.PANEL`;
 results are identical for any value, memory grows with it). File scenes run with GDAL's block cache capped
-(:func:`cloudrt.io.gdal_env`) unless ``GDAL_CACHEMAX`` is set.
+(:func:`cloudrt.scene.io.gdal_env`) unless ``GDAL_CACHEMAX`` is set. ``threaded``: read ahead and composite,
+cast and write behind the model in two threads (:mod:`cloudrt.scene.pipeline`); bit-identical results.
 
     One instance may be shared by several threads: :meth:`predict` keeps no state between calls.
     """
 
     def __init__(self, model: Any = None, backend: str = "auto", device: str | None = None,
                  tile: int | None = None, overlap: int | None = None, batch: int | None = None,
-                 mask_method: str = "paper", feather: int = DEFAULT_FEATHER, panel: int | None = None) -> None:
-        from cloudrt.mask import METHODS
-
+                 mask_method: str = "paper", feather: int = DEFAULT_FEATHER, panel: int | None = None,
+                 threaded: bool = True) -> None:
         if mask_method not in METHODS:
             raise InputError(f"unknown cloud-mask method {mask_method!r}; use one of {', '.join(METHODS)}.")
         if tile is not None and tile < 1:
@@ -74,6 +79,7 @@ results are identical for any value, memory grows with it). File scenes run with
         if panel is not None and panel < 1:
             raise InputError(f"panel must be >= 1 column, got {panel}; pass e.g. panel=2048.")
         self.panel = PANEL if panel is None else int(panel)
+        self.threaded = bool(threaded)
         self.backend: Backend = load_backend(model, backend, device, batch)
         self.requested_backend = backend
         self.tile = self.backend.resolve_tile(tile)
@@ -119,9 +125,7 @@ results are identical for any value, memory grows with it). File scenes run with
 
     # -- arrays --------------------------------------------------------------------------------------
     def cloud_mask(self, optical_dn: np.ndarray, method: str | None = None) -> np.ndarray:
-        """Cloud mask (H, W) bool of a (13, H, W) DN scene (:func:`cloudrt.mask.cloud_mask`)."""
-        from cloudrt.mask import cloud_mask
-
+        """Cloud mask (H, W) bool of a (13, H, W) DN scene (:func:`cloudrt.preprocess.mask.cloud_mask`)."""
         return cloud_mask(np.asarray(optical_dn), method=method or self.mask_method)
 
     def predict(self, optical_dn: np.ndarray, sar_db: np.ndarray, *, mask: np.ndarray | None = None,
@@ -154,28 +158,25 @@ results are identical for any value, memory grows with it). File scenes run with
     # -- files ---------------------------------------------------------------------------------------
     def predict_file(self, optical: str | os.PathLike, sar: str | os.PathLike, output: str | os.PathLike, *,
                      mask_out: str | os.PathLike | None = None, composite: bool = True, align: bool = False,
-                     overwrite: bool = False, progress: Progress | None = None) -> dict[str, Any]:
-        """Stream an S2/S1 GeoTIFF pair into ``output`` (and the cloud mask into ``mask_out``)."""
-        from cloudrt.io import check_output_path
-
+                     overwrite: bool = False, progress: Progress | None = None, compress: str = DEFAULT_COMPRESS,
+                     compress_level: int | None = None) -> dict[str, Any]:
+        """Stream an S2/S1 GeoTIFF pair into ``output`` (and the cloud mask into ``mask_out``), compressed with
+        ``compress`` at ``compress_level`` (:func:`cloudrt.scene.io.output_profile`)."""
+        check_compression(compress, compress_level)
         for p in (output, mask_out):
             if p is not None:
                 check_output_path(p, overwrite, inputs=(optical, sar))
-        from cloudrt.io import gdal_env
-
         with gdal_env(), open_scene(optical, sar, align=align) as src:
             return self.predict_source(src, output, mask_out=mask_out, composite=composite,
-                                       overwrite=overwrite, progress=progress)
+                                       overwrite=overwrite, progress=progress, compress=compress,
+                                       compress_level=compress_level)
 
     def predict_source(self, src: RasterSource, output: str | os.PathLike | None, *,
                        mask_out: str | os.PathLike | None = None, composite: bool = True,
-                       overwrite: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+                       overwrite: bool = False, progress: Progress | None = None, compress: str = DEFAULT_COMPRESS,
+                       compress_level: int | None = None) -> dict[str, Any]:
         """Like :meth:`predict_file` for an already opened and validated :class:`RasterSource`."""
-        import contextlib
-
-        from cloudrt._version import __version__
-        from cloudrt.io import atomic_output, band_descriptions, gdal_env, open_writer, output_profile
-
+        codec = dict(zip(("compress", "level"), check_compression(compress, compress_level), strict=True))
         ods = src.ods
         dtype = np.dtype(ods.dtypes[0])
         nodata = ods.nodata
@@ -187,7 +188,8 @@ results are identical for any value, memory grows with it). File scenes run with
             mtmp = stack.enter_context(atomic_output(mask_out, overwrite)) if mask_out is not None else None
             dst = mdst = None
             if tmp is not None:
-                dst = stack.enter_context(open_writer(tmp, output_profile(ods, len(S2_BANDS), dtype.name, nodata)))
+                dst = stack.enter_context(open_writer(tmp, output_profile(ods, len(S2_BANDS), dtype.name, nodata,
+                                                                        **codec)))
                 for i, d in enumerate(band_descriptions(ods, S2_BANDS), 1):
                     dst.set_band_description(i, d)
                 tags = dict(ods.tags())
@@ -196,7 +198,7 @@ results are identical for any value, memory grows with it). File scenes run with
                             cloudrt_composite=str(composite), cloudrt_mask_method=self.mask_method)
                 dst.update_tags(**tags)
             if mtmp is not None:
-                mdst = stack.enter_context(open_writer(mtmp, output_profile(ods, 1, "uint8", 255)))
+                mdst = stack.enter_context(open_writer(mtmp, output_profile(ods, 1, "uint8", 255, **codec)))
                 mdst.set_band_description(1, f"cloud mask ({self.mask_method}): 0 clear, 1 cloud, 255 nodata")
             sink = RasterSink(dst, mdst, dtype, nodata)
             stats = self._run(src, sink, composite=composite, want_mask=mdst is not None, progress=progress)
@@ -208,54 +210,4 @@ results are identical for any value, memory grows with it). File scenes run with
              progress: Progress | None) -> dict[str, Any]:
         return run_scene(src, self.backend.run, sink, tile=self.tile, overlap=self.overlap, batch=self.batch,
                          composite=composite, mask_method=self.mask_method, feather=self.feather,
-                         want_mask=want_mask, panel=self.panel, progress=progress)
-
-
-def mask_file(optical: str | os.PathLike, output: str | os.PathLike, *, method: str = "paper",
-              shadow: bool = False, overwrite: bool = False, progress: Progress | None = None) -> dict[str, Any]:
-    """Write the cloud mask of an S2 GeoTIFF (uint8: 0 clear, 1 cloud, 2 shadow, 255 nodata), streamed."""
-    import contextlib
-
-    from cloudrt.io import atomic_output, check_output_path, gdal_env, open_optical, open_writer, output_profile
-    from cloudrt.mask import METHODS
-    from cloudrt.runtime.scene import mask_scene
-
-    if method not in METHODS:
-        raise InputError(f"unknown cloud-mask method {method!r}; use one of {', '.join(METHODS)}.")
-    check_output_path(output, overwrite, inputs=(optical,), create_parent=True)
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(gdal_env())  # entered first, left last: bounds the cache for reads and writes
-        ods = open_optical(optical)
-        stack.callback(ods.close)
-        src = _OpticalOnly(ods)
-        if not _has_valid_optical(src):
-            raise InputError(f"optical (S2) {ods.name} has no valid pixel (every pixel is NaN/inf or nodata); "
-                             "pass a scene with data.")
-        tmp = stack.enter_context(atomic_output(output, overwrite))
-        dst = stack.enter_context(open_writer(tmp, output_profile(ods, 1, "uint8", 255)))
-        legend = "0 clear, 1 cloud, 2 shadow, 255 nodata" if shadow else "0 clear, 1 cloud, 255 nodata"
-        dst.set_band_description(1, f"cloud mask ({method}): {legend}")
-        stats = mask_scene(src, RasterSink(None, dst, np.dtype(np.uint8), 255), method=method, shadow=shadow,
-                           progress=progress)
-    return stats
-
-
-class _OpticalOnly:
-    def __init__(self, ods: Any) -> None:
-        self.ods = ods
-        self.height, self.width, self.nodata = ods.height, ods.width, ods.nodata
-
-    def optical(self, r0: int, r1: int, c0: int = 0, c1: int | None = None) -> np.ndarray:
-        from cloudrt.io import read_rows
-
-        return read_rows(self.ods, r0, r1, c0, c1)
-
-    def mask(self, r0: int, r1: int, c0: int = 0, c1: int | None = None) -> None:
-        return None
-
-
-def _has_valid_optical(src: _OpticalOnly) -> bool:
-    from cloudrt.runtime.scene import _any_valid
-
-    return _any_valid(src.optical, src.height, src.nodata, src.width)
-
+                         want_mask=want_mask, panel=self.panel, progress=progress, threaded=self.threaded)

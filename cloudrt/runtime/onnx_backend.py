@@ -8,17 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from cloudrt.contract import CONTRACT, OPTICAL_BANDS, OPTICAL_INPUT, OUTPUT, SAR_BANDS, SAR_INPUT
 from cloudrt.errors import BackendUnavailableError, ModelError
-from cloudrt.runtime.base import (
-    CONTRACT,
-    OPTICAL_BANDS,
-    OPTICAL_INPUT,
-    OUTPUT,
-    SAR_BANDS,
-    SAR_INPUT,
-    Backend,
-    metadata_int,
-)
+from cloudrt.paths import cache_dir
+from cloudrt.runtime.base import Backend, metadata_int
 
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 PROVIDER_ALIASES = {
@@ -67,7 +60,7 @@ def physical_cores() -> int:
 
 
 def session_options(ort: Any, threads: int | None = None) -> Any:
-    """ONNX Runtime session options of the runtime (the same as :func:`cloudrt.bench.session_options`): full
+    """ONNX Runtime session options of the runtime (the bench uses them too): full
     graph optimization, ``threads`` (default: physical cores, or ``CLOUDRT_ORT_THREADS``) intra-op threads,
     sequential execution, memory pattern and arena on, and no spin-waiting, so idle ORT threads do not take
     CPU from the rest of the pipeline or from other processes on a shared machine."""
@@ -142,8 +135,6 @@ class OnnxRuntimeBackend(Backend):
         start = PROVIDER_ORDER.index(chosen) if chosen in PROVIDER_ORDER else 0
         for p in PROVIDER_ORDER[start:]:
             if p == "TensorrtExecutionProvider":
-                from cloudrt.paths import cache_dir
-
                 cache = cache_dir() / "ort-trt"
                 cache.mkdir(parents=True, exist_ok=True)
                 chain.append((p, {"device_id": device_id, "trt_engine_cache_enable": True,

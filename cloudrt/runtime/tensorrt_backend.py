@@ -3,8 +3,9 @@ cache belong to :mod:`cloudrt.export`.
 
 Each engine ``X.engine`` has a JSON sidecar ``X.engine.json`` (or ``X.json``) written by the exporter with
 at least ``trt_version``, ``compute_capability`` and ``gpu_name``. A serialized engine runs only on the
-TensorRT version and GPU architecture it was built for, so :func:`check_engine_compat` compares them before
-deserializing and raises :class:`~cloudrt.errors.EngineMismatchError` with the rebuild command.
+TensorRT version and GPU architecture it was built for, so :func:`cloudrt.runtime.trt_meta.check_engine_compat`
+compares them before deserializing and raises :class:`~cloudrt.errors.EngineMismatchError` with the rebuild
+command.
 
 Device memory comes from cuda-python (``cuda.bindings.runtime`` / ``cuda.cudart``) when installed, else
 from torch CUDA tensors; one execution context is shared behind a lock (contexts are not thread-safe).
@@ -14,107 +15,23 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cloudrt.contract import OPTICAL_BANDS, OPTICAL_INPUT, OUTPUT, SAR_INPUT
 from cloudrt.errors import BackendUnavailableError, EngineMismatchError, ModelError
-from cloudrt.runtime.base import OPTICAL_BANDS, OPTICAL_INPUT, OUTPUT, SAR_INPUT, Backend, metadata_int
-
-REBUILD = "cloudrt export WEIGHTS --format engine --half -o {path}"
-
-
-def _cc_str(cc: Any) -> str:
-    """Normalize a compute capability ("8.9", "89", "sm_89", (8, 9), 8.9) to "8.9"."""
-    if isinstance(cc, (tuple, list)) and len(cc) == 2:
-        return f"{int(cc[0])}.{int(cc[1])}"
-    s = str(cc).strip().lower().removeprefix("sm_").removeprefix("sm")
-    if re.fullmatch(r"\d+\.\d+", s):
-        major, minor = s.split(".")
-        return f"{int(major)}.{int(minor)}"
-    if re.fullmatch(r"\d{2,3}", s):
-        return f"{int(s[:-1])}.{int(s[-1])}"
-    return s
-
-
-def _trt_release(v: Any) -> str:
-    """major.minor.patch of a TensorRT version string ("10.3.0.26" -> "10.3.0", "10.3" -> "10.3.0")."""
-    nums = re.findall(r"\d+", str(v).split("+")[0].split("post")[0])
-    return ".".join((nums + ["0", "0", "0"])[:3]) if nums else str(v)
-
-
-def check_engine_compat(sidecar: dict, trt_version: str, compute_capability: str) -> None:
-    """Raise EngineMismatchError unless an engine described by ``sidecar`` (fields ``trt_version``,
-    ``compute_capability``, ``gpu_name``) can run on this TensorRT version and GPU compute capability.
-
-    TensorRT engines are tied to the TensorRT release (major.minor.patch) and the GPU architecture (SM);
-    a different GPU model of the same SM is accepted. Pure function: no TensorRT needed.
-    """
-    path = sidecar.get("engine") or sidecar.get("path") or "ENGINE.engine"
-    fix = f"rebuild it here: `{sidecar.get('rebuild_command') or REBUILD.format(path=path)}`."
-    built_trt = sidecar.get("trt_version")
-    built_cc = sidecar.get("compute_capability")
-    gpu = sidecar.get("gpu_name") or "another GPU"
-    if built_trt is None or built_cc is None:
-        raise EngineMismatchError(
-            f"engine sidecar lacks trt_version/compute_capability, so the engine cannot be checked; {fix}"
-        )
-    if _trt_release(built_trt) != _trt_release(trt_version):
-        raise EngineMismatchError(
-            f"engine was built with TensorRT {built_trt} but this machine has TensorRT {trt_version}; {fix}"
-        )
-    if _cc_str(built_cc) != _cc_str(compute_capability):
-        raise EngineMismatchError(
-            f"engine was built for {gpu} (compute capability {_cc_str(built_cc)}) but this GPU has compute "
-            f"capability {_cc_str(compute_capability)}; {fix}"
-        )
-
-
-def sidecar_path(engine: Path) -> Path | None:
-    for cand in (engine.with_name(engine.name + ".json"), engine.with_suffix(".json")):
-        if cand.is_file():
-            return cand
-    return None
-
-
-def read_sidecar(engine: Path) -> dict:
-    p = sidecar_path(engine)
-    if p is None:
-        raise EngineMismatchError(
-            f"engine {engine} has no JSON sidecar ({engine.name}.json) to check its TensorRT version and GPU; "
-            f"rebuild it with `{REBUILD.format(path=engine)}`."
-        )
-    try:
-        meta = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelError(f"engine sidecar {p} is not valid JSON ({e}); rebuild the engine.") from e
-    meta.setdefault("engine", str(engine))
-    return meta
-
-
-def import_trt() -> Any:
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise BackendUnavailableError(
-            "TensorRT is not installed; pip install 'cloudrt[gpu]' on a CUDA machine, or run the ONNX model "
-            "(--model model.onnx --backend onnxruntime)."
-        ) from e
-    return trt
-
-
-def local_environment(device_id: int = 0) -> tuple[str, str]:
-    """(TensorRT version, compute capability of GPU ``device_id``) on this machine."""
-    trt = import_trt()
-    try:  # the exporter's driver query (ctypes on libcuda): needs no cuda-python or torch
-        from cloudrt.export.tensorrt import gpu_info
-
-        return str(trt.__version__), str(gpu_info(device_id).compute_capability)
-    except ImportError:
-        return str(trt.__version__), _Cuda(device_id).compute_capability()
+from cloudrt.runtime.base import Backend, metadata_int
+from cloudrt.runtime.trt_meta import (
+    REBUILD,
+    check_engine_compat,
+    local_environment,
+    normalize_compute_capability,
+    read_sidecar,
+    require_tensorrt,
+)
 
 
 class _Cuda:
@@ -160,7 +77,7 @@ class _Cuda:
             minor = self._check(rt.cudaDeviceGetAttribute(
                 rt.cudaDeviceAttr.cudaDevAttrComputeCapabilityMinor, self.device_id))
             return f"{major}.{minor}"
-        return _cc_str(self.torch.cuda.get_device_capability(self.tdev))
+        return normalize_compute_capability(self.torch.cuda.get_device_capability(self.tdev))
 
     def alloc(self, nbytes: int) -> Any:
         if self.rt is not None:
@@ -213,7 +130,7 @@ class TensorRTBackend(Backend):
                              f"`{REBUILD.format(path=self.path)}`.")
         sidecar = read_sidecar(self.path)
         check_engine_compat(sidecar, *local_environment(device_id))
-        trt = import_trt()
+        trt = require_tensorrt()
         self.cuda = _Cuda(device_id)
         self.metadata = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in sidecar.items()}
         logger = trt.Logger(trt.Logger.ERROR)

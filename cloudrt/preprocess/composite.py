@@ -1,0 +1,116 @@
+"""Soft compositing: how much of the model's reconstruction replaces each observed pixel, and how much
+optical evidence was left there (NumPy + SciPy only).
+
+The paper's binary mask (eqs. 13-16) stays the mask of the loss (eq. 17) and of ``cloudrt mask``. For
+compositing a hard mask is the wrong tool: haze is flagged only where it crosses T_cloud, so the output
+switches between model and input in blotches, bright clear ground (sand, roofs) is flagged and replaced,
+and cloud shadows are left in place. The compositing weight here is continuous and made of four kinds of
+evidence, each a linear ramp ``ramp(x, a, b)`` from 0 at ``a`` to 1 at ``b``, on reflectance (DN / 1e4):
+
+- **thick cloud**: the eq. 13 score ``Sc`` (before the threshold) with the dataset tool's snow term
+  ``rescale(NDSI, 0.8, 0.6)``, ramped from 0.15 to 0.45, times a *not-bright-ground* factor
+  ``ramp(B11 / B2, 1.7, 1.3)``: clouds are spectrally flat from blue to SWIR (B11 / B2 about 0.8-1.5),
+  bright soil and built-up land reflect far more in SWIR than in blue (about 2);
+- **haze / thin cloud**: the haze-optimized transform ``HOT = B2 - 0.5 B4 - 0.08`` ramped from 0.025 to 0.08
+  (Zhang et al. 2002: haze lifts blue above red; clear land, bright or dark, stays below), void over snow
+  (``ramp(NDSI, 0.6, 0.4)``);
+- **cirrus**: B10 (1375 nm, absorbed by water vapour below high cloud) ramped from 0.05 to 0.12 (thin
+  cirrus up to about 0.04 leaves the ground clearly visible and is kept);
+- **cloud shadow**: dark pixels, ``ramp((B8 + B11) / 2, 0.12, 0.06)``, counted only within
+  :data:`SHADOW_REACH` pixels of a cloud body (thick > 0.6, eroded twice; dark water far from any cloud
+  is not shadow).
+
+``weight = blur(dilate(open(max(thick, haze, cirrus, shadow))))``: a 3 x 3 grey opening drops isolated
+pixels, a 5 x 5 grey dilation grows the weight over
+cloud edges, a Gaussian (sigma 2) removes seams; values below :data:`KEEP_BELOW` are set to 0, so pixels
+that show the ground clearly come back bit for bit (do no harm). The composite is
+``out = weight * prediction + (1 - weight) * input``.
+
+The **confidence** band says how much of an output pixel is observation: ``100 * (1 - weight * thickness)``
+where ``thickness`` = the thick-cloud evidence (no optical evidence left) blended with half the haze
+evidence (thin cloud leaves some): 100 = observed, 0 = invented from SAR and context alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from cloudrt.contract import S2_BANDS, S2_SCALE
+
+_I = {b: i for i, b in enumerate(S2_BANDS)}
+B1, B2, B3, B4, B8, B10, B11 = (_I[b] for b in ("B1", "B2", "B3", "B4", "B8", "B10", "B11"))
+
+THICK_RAMP = (0.15, 0.45)  # on the eq. 13 score
+GROUND_RATIO_RAMP = (1.7, 1.3)  # B11 / B2: bright ground above 1.7, cloud below 1.3
+HOT_RAMP = (0.025, 0.08)
+SNOW_NDSI_RAMP = (0.6, 0.4)  # haze evidence is void over snow (bright blue, dark SWIR)
+CIRRUS_RAMP = (0.05, 0.12)
+SHADOW_CSI_RAMP = (0.12, 0.06)
+SHADOW_REACH = 40  # pixels (400 m at 10 m): how far from thick cloud a dark pixel may be its shadow
+DILATE = 5
+SIGMA = 2.0
+KEEP_BELOW = 0.02
+#: Context a tile of the weight needs on each side to equal the whole-scene result.
+HALO = SHADOW_REACH + DILATE // 2 + int(4 * SIGMA) + 2
+
+
+def ramp(x: np.ndarray, a: float, b: float) -> np.ndarray:
+    """0 at ``a``, 1 at ``b``, linear between, clipped (``a > b`` gives a falling ramp)."""
+    return np.clip((x - a) / (b - a), 0.0, 1.0)
+
+
+def cloud_evidence(dn: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-pixel evidence maps in [0, 1], float32 (H, W): ``thick``, ``haze``, ``cirrus``, ``shadow``.
+
+    ``dn``: (13, H, W) Sentinel-2 L1C digital numbers (reflectance x 10000), any real dtype. Non-finite
+    pixels get no evidence (they are nodata; the caller keeps its input there).
+    """
+    x = {i: np.nan_to_num(dn[i].astype(np.float32) / np.float32(S2_SCALE)) for i in (B1, B2, B3, B4, B8, B10, B11)}
+    score = np.minimum.reduce([
+        (x[B2] - 0.1) / 0.4,  # the four eq. 13 terms (rescale, unclipped)
+        (x[B1] - 0.1) / 0.2,
+        (x[B1] + x[B10] - 0.15) / 0.05,
+        (x[B2] + x[B3] + x[B4] - 0.2) / 0.6,
+    ])
+    s = x[B3] + x[B11]
+    ndsi = np.where(s > 0, (x[B3] - x[B11]) / np.where(s > 0, s, 1.0), 0.0)
+    score = np.minimum(score, (ndsi - 0.8) / (0.6 - 0.8))  # snow is not cloud
+    ratio = x[B11] / np.maximum(x[B2], 1e-4)
+    thick = ramp(score, *THICK_RAMP) * ramp(ratio, *GROUND_RATIO_RAMP)
+    haze = ramp(x[B2] - 0.5 * x[B4] - 0.08, *HOT_RAMP) * ramp(ndsi, *SNOW_NDSI_RAMP)
+    cirrus = ramp(x[B10], *CIRRUS_RAMP)
+    core = ndimage.binary_erosion(thick > 0.6, iterations=2)  # real cloud bodies, not bright roofs
+    near = ndimage.maximum_filter(core, size=2 * SHADOW_REACH + 1, mode="constant", cval=0)
+    shadow = ramp((x[B8] + x[B11]) / 2, *SHADOW_CSI_RAMP) * near
+    out = {"thick": thick, "haze": haze, "cirrus": cirrus, "shadow": shadow}
+    return {k: v.astype(np.float32) for k, v in out.items()}
+
+
+def composite_weight(dn: np.ndarray, return_confidence: bool = False):
+    """Compositing weight (H, W) float32 in [0, 1] for a (13, H, W) DN stack; with ``return_confidence``
+    also the confidence band (H, W) uint8 0-100 (see the module docstring)."""
+    ev = cloud_evidence(dn)
+    raw = np.maximum.reduce([ev["thick"], ev["haze"], ev["cirrus"], ev["shadow"]])
+    raw = ndimage.grey_opening(raw, size=(3, 3), mode="nearest")  # drop isolated bright or dark pixels
+    w = ndimage.grey_dilation(raw, size=(DILATE, DILATE), mode="nearest")
+    w = ndimage.gaussian_filter(w, SIGMA, mode="nearest", truncate=4.0)
+    w = np.where(w < KEEP_BELOW, 0.0, np.minimum(w, 1.0)).astype(np.float32)
+    if not return_confidence:
+        return w
+    thickness = np.maximum(ev["thick"], 0.5 * np.maximum(ev["haze"], ev["cirrus"]))
+    thickness = ndimage.gaussian_filter(thickness, SIGMA, mode="nearest", truncate=4.0)
+    return w, confidence(w, thickness)
+
+
+def confidence(weight: np.ndarray, thickness: np.ndarray) -> np.ndarray:
+    """``round(100 * (1 - weight * thickness))`` as uint8: 100 observed, 0 reconstructed without evidence."""
+    c = 100.0 * (1.0 - np.clip(weight, 0, 1) * np.clip(thickness, 0, 1))
+    return np.rint(c).astype(np.uint8)
+
+
+def composite(pred: np.ndarray, observed: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``weight * pred + (1 - weight) * observed`` per band, float32; exact ``observed`` where weight is 0."""
+    w = weight[None].astype(np.float32)
+    out = observed.astype(np.float32) + w * (pred.astype(np.float32) - observed.astype(np.float32))
+    return np.where(w > 0, out, observed.astype(np.float32))

@@ -1,0 +1,264 @@
+"""Whole-scene processing: row-streamed sources and sinks, the per-scene cloud mask, feathered compositing.
+
+The pipeline (all NumPy; rasterio only for files):
+
+1. :func:`cloudrt.scene.tiling.blend_rows` reads the scene by groups of tile rows, normalizes it (dataset
+   convention, :mod:`cloudrt.preprocess.normalize`), runs the backend on batches of tiles and yields finished,
+   blended rows of the prediction.
+2. Rows are collected into output blocks of :data:`cloudrt.scene.io.BLOCK` rows. For each block the optical input
+   is re-read with a halo, the cloud mask is computed on it (the halo makes the windowed mask equal to the
+   whole-scene mask, including the sen12mscr method's filters), feathered by distance, and the prediction is
+   composited: ``out = a * pred + (1 - a) * input`` with ``a = 1`` on clouds falling linearly to 0 at
+   ``feather + 1`` pixels outside them, so clear pixels keep the input exactly.
+3. Blocks are written in order (whole rows of GeoTIFF tiles, so every tile is compressed once).
+
+Memory is ``O(panel * (tile + block))``: independent of the scene size. Rows stream; a scene wider than
+:data:`PANEL` columns is processed as vertical column panels whose results equal the single pass
+(:func:`run_scene`); normalization, masks and compositing run by column chunks with a halo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from cloudrt.errors import InputError
+from cloudrt.preprocess.mask import cloud_mask
+from cloudrt.preprocess.normalize import denormalize_optical, normalize_optical, normalize_sar, valid_mask
+from cloudrt.scene.io import BLOCK
+from cloudrt.scene.pipeline import LockedSource, WriteBehind
+from cloudrt.scene.sinks import cast_output
+from cloudrt.scene.sources import ColumnView
+from cloudrt.scene.tiling import BatchRunner, blend_rows, panel_cores, panel_window
+
+MASK_CLEAR, MASK_CLOUD, MASK_SHADOW, MASK_NODATA = 0, 1, 2, 255
+MASK_HALO = 8  # >= the reach of the sen12mscr mask filters (5x5 closing + 7x7 mean) and the 5x5 median
+DEFAULT_FEATHER = 8
+COL_CHUNK = 512  # columns per chunk for normalization, masks and compositing (bounds the temporaries)
+PANEL = 2048  # core columns per vertical panel of a wide scene (whole 256-px output blocks); bounds the memory
+Progress = Callable[[int, int], None]
+
+
+def feather_alpha(cloud: np.ndarray, width: int) -> np.ndarray:
+    """Compositing weight (H, W) float32: 1 on cloud, ``1 - d / (width + 1)`` at distance ``d`` px outside,
+    0 from ``width + 1`` px on (Euclidean distance transform)."""
+    if not cloud.any():
+        return np.zeros(cloud.shape, dtype=np.float32)
+    if width <= 0:
+        return cloud.astype(np.float32)
+    d = ndimage.distance_transform_edt(~cloud)
+    return np.clip(1.0 - d / (width + 1.0), 0.0, 1.0).astype(np.float32)
+
+
+def haloed_windows(src: Any, a: int, b: int, halo: int, chunk: int, lo: int = 0,
+             hi: int | None = None) -> Iterator[tuple[Any, ...]]:
+    """Rows [a, b) x columns [lo, hi) (default: all) of ``src`` cut into column chunks, each read with
+    ``halo`` pixels around it.
+
+    Yields ``(c0, c1, raw, valid, given, core)``: the chunk's columns, the raw optical DN and validity of
+    the haloed window, the given mask there (or None), and ``core`` (row slice, column slice) selecting
+    rows [a, b) x columns [c0, c1) inside the window. A per-pixel result computed on the window and cut to
+    ``core`` equals the whole-scene result when its reach is <= ``halo``.
+    """
+    ha, hb = max(0, a - halo), min(src.height, b + halo)
+    raw_h = src.optical(ha, hb)
+    given_h = src.mask(ha, hb)
+    hi = src.width if hi is None else hi
+    for c0 in range(lo, hi, chunk):
+        c1 = min(hi, c0 + chunk)
+        ca, cb = max(0, c0 - halo), min(src.width, c1 + halo)
+        raw = raw_h[:, :, ca:cb]
+        given = given_h[:, ca:cb] if given_h is not None else None
+        core = (slice(a - ha, b - ha), slice(c0 - ca, c1 - ca))
+        yield c0, c1, raw, valid_mask(raw, src.nodata), given, core
+
+
+def window_cloud(raw: np.ndarray, valid: np.ndarray, given: np.ndarray | None, method: str) -> np.ndarray:
+    if given is None:
+        with np.errstate(invalid="ignore"):
+            given = cloud_mask(raw, method=method)
+    return np.asarray(given, dtype=bool) & valid
+
+
+class _RowBuffer:
+    """Rows of (C, rows, W) arrays appended at the bottom and taken from the top, in one growable buffer."""
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = np.dtype(dtype)
+        self.buf: np.ndarray | None = None
+        self.rows = 0
+
+    def append(self, a: np.ndarray) -> None:
+        k = a.shape[1]
+        if self.buf is None or self.rows + k > self.buf.shape[1]:
+            cap = max(self.rows + k, 2 * (self.buf.shape[1] if self.buf is not None else 0))
+            new = np.empty((a.shape[0], cap, a.shape[2]), dtype=self.dtype)
+            if self.buf is not None and self.rows:
+                new[:, : self.rows] = self.buf[:, : self.rows]
+            self.buf = new
+        self.buf[:, self.rows : self.rows + k] = a
+        self.rows += k
+
+    def peek(self, n: int) -> np.ndarray:
+        assert self.buf is not None and n <= self.rows
+        return self.buf[:, :n]
+
+    def drop(self, n: int) -> None:
+        assert self.buf is not None
+        rest = self.rows - n
+        if rest:
+            self.buf[:, :rest] = self.buf[:, n : self.rows].copy()
+        self.rows = rest
+
+
+def run_scene(
+    src: Any,
+    run: BatchRunner,
+    sink: Any,
+    *,
+    tile: int,
+    overlap: int,
+    batch: int,
+    composite: bool = True,
+    mask_method: str = "paper",
+    feather: int = DEFAULT_FEATHER,
+    want_mask: bool = False,
+    block: int | None = None,
+    chunk: int = COL_CHUNK,
+    panel: int | None = None,
+    progress: Progress | None = None,
+    threaded: bool = True,
+) -> dict[str, Any]:
+    """Predict the whole scene of ``src`` into ``sink`` by row blocks (see the module docstring).
+
+    A scene wider than ``panel`` columns (default :data:`PANEL`, rounded to whole output blocks) is done as
+    a sequence of vertical panels (:func:`cloudrt.scene.tiling.panel_window`): each reads and tiles a window a
+    tile (or mask halo) wider than its core on both sides and writes only its core columns, which equal the
+    single-pass result, so memory does not depend on the scene's width either. ``progress(done, height)``
+    counts rows-equivalents (done pixels / width). Returns a summary: valid and cloudy pixel counts, tiles
+    run (panel margins included), panels, seconds, cloud fraction. ``threaded``: read ahead and write behind
+    in two threads beside the model (:mod:`cloudrt.scene.pipeline`); the output is bit-identical to
+    ``threaded=False``.
+    """
+    if threaded:
+        src = LockedSource(src)  # read by the read-ahead and the write-behind thread
+    height, width = src.height, src.width
+    block = block or BLOCK
+    need_mask = composite or want_mask
+    halo = max(feather, 0) + MASK_HALO if need_mask else 0
+    cores = panel_cores(width, PANEL if panel is None else int(panel), block)
+    stats: dict[str, Any] = {"pixels": height * width, "valid": 0, "cloud": 0, "tiles": 0, "panels": len(cores)}
+    t0 = time.perf_counter()
+    done_px = 0
+
+    def counted_run(o: np.ndarray, s: np.ndarray) -> np.ndarray:
+        stats["tiles"] += o.shape[0]
+        return run(o, s)
+
+    for c0, c1 in cores:
+        if len(cores) == 1:
+            view, x0 = src, 0
+        else:
+            x0, x1 = panel_window(c0, c1, width, tile, overlap, reach=halo)
+            view = ColumnView(src, x0, x1)
+
+        def panel_progress(rows: int, _total: int, _w: int = c1 - c0, _done: int = done_px) -> None:
+            if progress is not None:
+                progress((_done + rows * _w) // width, height)
+
+        _run_panel(view, counted_run, sink, c0 - x0, c1 - x0, x0, stats, tile=tile, overlap=overlap, batch=batch,
+                   composite=composite, mask_method=mask_method, feather=feather, want_mask=want_mask,
+                   block=block, chunk=chunk, halo=halo, progress=panel_progress, threaded=threaded)
+        done_px += height * (c1 - c0)
+    stats["seconds"] = time.perf_counter() - t0
+    stats["cloud_fraction"] = stats["cloud"] / max(1, stats["valid"])
+    return stats
+
+
+# _run_panel is ~80 lines: the read/normalize/composite closures share the panel's buffers and counters;
+# split apart they would need a class holding the same state.
+def _run_panel(src: Any, run: BatchRunner, sink: Any, lo: int, hi: int, col: int, stats: dict[str, Any], *,
+               tile: int, overlap: int, batch: int, composite: bool, mask_method: str, feather: int,
+               want_mask: bool, block: int, chunk: int, halo: int, progress: Progress, threaded: bool) -> None:
+    """Blend the whole of ``src`` (a scene or a panel window), then mask, composite and write its columns
+    ``[lo, hi)`` to ``sink`` columns ``[col + lo, col + hi)`` by output blocks of ``block`` rows."""
+    height, width = src.height, src.width
+    need_mask = composite or want_mask
+
+    def read(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+        o, s = src.optical(r0, r1), src.sar(r0, r1)
+        if o.shape[1:] != s.shape[1:]:
+            raise InputError(f"optical rows {o.shape[1:]} and SAR rows {s.shape[1:]} differ; use one grid.")
+        return o, s
+
+    def normalize(o: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with np.errstate(invalid="ignore"):
+            return normalize_optical(o, src.nodata), normalize_sar(s, src.sar_nodata), valid_mask(o, src.nodata)
+
+    out_buf = _RowBuffer(sink.dtype)
+    mask_buf = _RowBuffer(np.dtype(np.uint8)) if want_mask else None
+    written = [0]
+
+    def composite_rows(a: int, b: int, pred: np.ndarray) -> None:
+        """Rows [a, b): mask, feather, composite, cast -> the output buffers (by column chunks)."""
+        out_rows = np.empty((pred.shape[0], b - a, hi - lo), dtype=sink.dtype)
+        mask_rows = np.empty((b - a, hi - lo), dtype=np.uint8) if want_mask else None
+        for c0, c1, raw_w, valid_w, given_w, core in haloed_windows(src, a, b, halo, chunk, lo, hi):
+            raw, valid = raw_w[(slice(None), *core)], valid_w[core]
+            out = denormalize_optical(pred[:, :, c0:c1])
+            cloud = None
+            if need_mask:
+                cloud_w = window_cloud(raw_w, valid_w, given_w, mask_method)
+                cloud = cloud_w[core]
+                stats["cloud"] += int(cloud.sum())
+                if composite:
+                    alpha = feather_alpha(cloud_w, feather)[core]
+                    if alpha.any():  # out = inp + a (pred - inp), in place: exactly the input where a == 0
+                        inp = raw.astype(np.float32)
+                        out -= inp
+                        out *= alpha
+                        out += inp
+                    else:
+                        out = raw.astype(np.float32)
+            out_rows[:, :, c0 - lo : c1 - lo] = cast_output(out, valid, sink.dtype, sink.nodata, inplace=True)
+            if mask_rows is not None and cloud is not None:
+                mask_rows[:, c0 - lo : c1 - lo] = np.where(valid, cloud.astype(np.uint8), np.uint8(MASK_NODATA))
+            stats["valid"] += int(valid.sum())
+        out_buf.append(out_rows)
+        if mask_buf is not None:
+            mask_buf.append(mask_rows[None])
+
+    def consume(r0: int, r1: int, pred: np.ndarray) -> None:
+        """Composite rows [r0, r1), then write whole output blocks (rows of GeoTIFF tiles) once complete."""
+        composite_rows(r0, r1, pred)
+        del pred
+        while written[0] < height and r1 >= min(written[0] + block, height):
+            end = min(written[0] + block, height)
+            n = end - written[0]
+            sink.write(written[0], end, out_buf.peek(n), mask_buf.peek(n)[0] if mask_buf is not None else None,
+                       col=col + lo)
+            out_buf.drop(n)
+            if mask_buf is not None:
+                mask_buf.drop(n)
+            written[0] = end
+            progress(end, height)
+
+    cols = None if (lo, hi) == (0, width) else (lo, hi)  # a panel: run only the tiles touching its core
+    rows = blend_rows(read, run, height, width, tile, overlap, batch, normalize=normalize, chunk=chunk, cols=cols,
+                      prefetch=threaded)
+    with contextlib.closing(rows):  # stops the read-ahead thread on any error
+        if not threaded:
+            for r0, r1, pred in rows:
+                consume(r0, r1, pred)
+                del pred
+            return
+        with WriteBehind(consume) as behind:  # compositing, casting and compression off the inference thread
+            for r0, r1, pred in rows:
+                behind.put(r0, r1, pred)
+                del pred
+
