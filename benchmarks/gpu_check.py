@@ -4,9 +4,9 @@ end to end on the torch backend, and a few AMP training steps. Writes ``gpu_chec
 
 Needs only torch, safetensors, numpy and scipy (no rasterio, kornia, TensorRT or onnxruntime; no network):
 the granule is synthetic, made on the machine, and run through :meth:`cloudrt.runtime.Runtime.predict` on
-arrays (normalize, tile, blend, cloud mask, composite: the runtime's host pipeline, without file I/O), or,
-where ``cloudrt.runtime`` cannot be imported without rasterio, through :func:`tiling_predict`, the same
-pipeline from the runtime's NumPy parts (bit-identical; tests/test_gpu_check.py checks it).
+arrays (normalize, tile, blend, cloud mask, composite: the runtime's host pipeline, without file I/O).
+cloudrt's scene modules import rasterio at the top; where it is missing, import-only stand-ins
+(:func:`install_io_stubs`) let the runtime import, and the array path never calls them.
 
     python benchmarks/gpu_check.py                       # on the GPU machine (see gpu_check.sh)
     python benchmarks/gpu_check.py --tiny --device cpu   # seconds, on a CPU: checks the script itself
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import importlib.util
 import json
@@ -55,6 +56,52 @@ def _import_first(*candidates: tuple[str, str]) -> Any:
         except (ImportError, AttributeError) as e:
             errors.append(f"{mod}.{name}: {e}")
     raise ImportError("; ".join(errors))
+
+
+class _StubFinder:
+    """Serves import-only stand-ins for ``rasterio`` and ``affine`` when they are not installed (the lent GPU
+    machine): cloudrt's scene modules import them at the top, but the array path used here never calls
+    them. Any attribute is a placeholder class; calling into one raises, so a file path fails loudly."""
+
+    names = ("rasterio", "affine")
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        import importlib.machinery
+
+        if name.split(".")[0] not in self.names:
+            return None
+        return importlib.machinery.ModuleSpec(name, self, is_package=True)
+
+    def create_module(self, spec: Any) -> Any:
+        import types
+
+        mod = types.ModuleType(spec.name)
+        mod.__path__ = []  # a package: submodules resolve through this finder too
+
+        def getattr_(attr: str) -> Any:
+            if attr.startswith("__"):
+                raise AttributeError(attr)
+            return type(attr, (Exception,), {"__init__": _stub_call})
+
+        mod.__getattr__ = getattr_
+        return mod
+
+    def exec_module(self, module: Any) -> None:
+        return None
+
+
+def _stub_call(self: Any, *a: Any, **k: Any) -> None:
+    raise RuntimeError("rasterio/affine are stand-ins here (not installed); file I/O is not available")
+
+
+def install_io_stubs() -> list[str]:
+    """Install :class:`_StubFinder` for whichever of rasterio / affine cannot be imported; returns those."""
+    missing = [m for m in _StubFinder.names if not _has(m)]
+    if missing:
+        finder = _StubFinder()
+        finder.names = tuple(missing)
+        sys.meta_path.insert(0, finder)
+    return missing
 
 
 def _runtime_cls() -> Any:
@@ -121,7 +168,8 @@ class Report:
 
     def __init__(self, out: Path, info: dict[str, Any]) -> None:
         self.out = out
-        self.data: dict[str, Any] = {"system": info, "rows": [], "granule": None, "train": None, "skipped": []}
+        self.data: dict[str, Any] = {"system": info, "rows": [], "granule": None, "train": None,
+                                     "granule_single": None, "skipped": []}
 
     def skip(self, what: str, reason: str) -> None:
         self.data["skipped"].append({"what": what, "reason": reason})
@@ -288,6 +336,7 @@ def _row_line(r: dict[str, Any]) -> str:
 
 
 # -- whole granule -----------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)  # the granule's two runs share one scene (the arrays are only read)
 def synthetic_scene(h: int, w: int, seed: int = 0, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """A (13, h, w) uint16 DN / (2, h, w) float32 dB scene: a ``block``-sized pattern of smooth land and
     bright cloud blobs (~40 % cover, detected by the paper mask) repeated over the scene."""
@@ -343,70 +392,14 @@ def _vm_hwm_mib() -> float | None:
     return None
 
 
-def default_overlap(tile: int, size_divisor: int) -> int:
-    """The runtime's default overlap (``cloudrt.runtime.default_overlap``): ~tile / 8 on the divisor grid."""
-    base, d = max(8, tile // 8), max(1, size_divisor)
-    aligned = min(-(-base // d) * d, (tile // 2) // d * d)
-    return int(aligned if aligned > 0 else min(tile // 2, base))
-
-
-def tiling_predict(run: Any, opt: np.ndarray, sar: np.ndarray, tile: int, overlap: int, batch: int,
-                   progress: Any, feather: int = 8, halo: int = 16, block: int = 256) -> np.ndarray:
-    """The runtime's array pipeline from its NumPy parts, for when ``cloudrt.runtime`` cannot be imported
-    (it imports rasterio): normalize, tile, blend (``blend_rows``), then by row blocks with a halo the paper
-    cloud mask, the feathered weight and the composite ``inp + a (pred - inp)``, as the scene driver does."""
-    from scipy import ndimage
-
-    from cloudrt import preprocess as pre
-    from cloudrt.preprocess import cloud_mask
-    from cloudrt.scene.tiling import blend_rows
-
-    h, w = opt.shape[1:]
-    out = np.empty(opt.shape, np.float32)
-
-    def normalize(o: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return pre.normalize_optical(o), pre.normalize_sar(s), pre.valid_mask(o)
-
-    for r0, r1, pred in blend_rows(lambda a, b: (opt[:, a:b], sar[:, a:b]), run, h, w, tile, overlap, batch,
-                                   normalize=normalize, chunk=512):
-        out[:, r0:r1] = pre.denormalize_optical(pred)
-        progress(r1, h)
-    for a in range(0, h, block):
-        b = min(h, a + block)
-        ha, hb = max(0, a - halo), min(h, b + halo)
-        raw = opt[:, ha:hb]
-        cloud = cloud_mask(raw) & pre.valid_mask(raw)
-        if not cloud.any():
-            out[:, a:b] = opt[:, a:b]
-            continue
-        d = ndimage.distance_transform_edt(~cloud)
-        alpha = np.clip(1.0 - d / (feather + 1.0), 0.0, 1.0).astype(np.float32)[a - ha : b - ha]
-        inp = opt[:, a:b].astype(np.float32)
-        blk = out[:, a:b]
-        blk -= inp
-        blk *= alpha
-        blk += inp
-    return out
-
-
-def _torch_runner(torch: Any, model: Any, mode: str, device: Any) -> Any:
-    """``run(optical, sar) -> pred``: NumPy batches through the model on ``device`` (the torch backend)."""
-    def run(o: np.ndarray, s: np.ndarray) -> np.ndarray:
-        with torch.inference_mode(), _amp(torch, device, mode):
-            ot = torch.from_numpy(np.ascontiguousarray(o, dtype=np.float32)).to(device)
-            st = torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32)).to(device)
-            return model(ot, st).float().cpu().numpy()
-    return run
-
-
 def run_granule(torch: Any, model: Any, rep: Report, budget: Budget, args: argparse.Namespace,
-                device: Any) -> None:
-    """A whole synthetic granule through ``Runtime.predict`` on the torch backend, or where the runtime
-    cannot be imported here, through :func:`tiling_predict` (model time = time inside the model calls)."""
+                device: Any, threaded: bool = True, key: str = "granule") -> None:
+    """A whole synthetic granule through ``Runtime.predict`` on the torch backend (``threaded``: the host
+    pipeline's write-behind thread; model time = time inside the model calls), into ``key``."""
     n = args.granule
     need = args.granule_need_s
     if not budget.fits(need + args.reserve_s):
-        rep.skip(f"granule {n}x{n}", f"budget: {budget.left():.0f} s left, needs about {need + args.reserve_s:.0f}")
+        rep.skip(f"{key} {n}x{n}", f"budget: {budget.left():.0f} s left, needs about {need + args.reserve_s:.0f}")
         return
     t = time.perf_counter()
     opt, sar = synthetic_scene(n, n)
@@ -425,21 +418,14 @@ def run_granule(torch: Any, model: Any, rep: Report, budget: Budget, args: argpa
     try:
         runtime = _runtime_cls()
     except ImportError as e:
-        runtime, res["runtime_import"] = None, str(e).splitlines()[0]
-    if runtime is not None:
-        runner = _Amp(torch, model, args.granule_precision, device) if args.granule_precision != "fp32" else model
-        rt = runtime(runner, backend="torch", device=str(device), tile=args.tile, batch=args.granule_batch)
-        rt.backend.run = timed(rt.backend.run)
-        res.update(path="cloudrt.runtime.Runtime.predict", batch=rt.batch, tile=rt.tile, overlap=rt.overlap)
-        predict = lambda progress: rt.predict(opt, sar, progress=progress)  # noqa: E731
-    else:
-        div = int(getattr(model, "size_divisor", 1))
-        batch = args.granule_batch or (8 if device.type == "cuda" else 2)  # the torch backend's defaults
-        ov = default_overlap(args.tile, div)
-        run = timed(_torch_runner(torch, model, args.granule_precision, device))
-        res.update(path="tiling_predict (cloudrt.scene.tiling.blend_rows + preprocess; no rasterio here)",
-                   batch=batch, tile=args.tile, overlap=ov)
-        predict = lambda progress: tiling_predict(run, opt, sar, args.tile, ov, batch, progress)  # noqa: E731
+        rep.skip(f"{key} {n}x{n}", f"cloudrt.runtime does not import here: {str(e).splitlines()[0]}")
+        return
+    runner = _Amp(torch, model, args.granule_precision, device) if args.granule_precision != "fp32" else model
+    rt = runtime(runner, backend="torch", device=str(device), tile=args.tile, batch=args.granule_batch,
+                 threaded=threaded)
+    rt.backend.run = timed(rt.backend.run)
+    res.update(path="cloudrt.runtime.Runtime.predict", batch=rt.batch, tile=rt.tile, overlap=rt.overlap,
+               host_threads="write-behind" if threaded else "single thread")
     stop_at = budget.left() - args.reserve_s
     t = time.perf_counter()
 
@@ -448,12 +434,12 @@ def run_granule(torch: Any, model: Any, rep: Report, budget: Budget, args: argpa
             raise _OutOfBudget(f"{done} of {total} rows")
 
     try:
-        out = predict(progress)
+        out = rt.predict(opt, sar, progress=progress)
     except _OutOfBudget as e:
         el = time.perf_counter() - t
         res.update(aborted=f"budget ran out after {el:.1f} s at {e}", seconds=round(el, 2), model_s=spent[0],
                    tiles=spent[1])
-        rep.data["granule"] = res
+        rep.data[key] = res
         rep.save()
         return
     total = time.perf_counter() - t
@@ -463,9 +449,10 @@ def run_granule(torch: Any, model: Any, rep: Report, budget: Budget, args: argpa
                outside_share=round(1 - spent[0] / total, 3), tiles=spent[1], tiles_per_s=round(spent[1] / total, 1),
                mpix_per_s=round(n * n / total / 1e6, 2), finite=bool(np.isfinite(out[:, ::step, ::step]).all()),
                unchanged_share=round(float(same.all(axis=0).mean()), 3), peak_rss_mib=_vm_hwm_mib(),
+               checksum=float(out[:, ::step, ::step].sum(dtype=np.float64)),
                note="in-memory arrays: normalize, tile, blend, mask, composite; no file I/O")
-    rep.data["granule"] = res
-    print(f"granule {n}x{n}: {total:.1f} s, model {spent[0]:.1f} s, {spent[1]} tiles ({res['path']})", flush=True)
+    rep.data[key] = res
+    print(f"{key} {n}x{n}: {total:.1f} s, model {spent[0]:.1f} s, {spent[1]} tiles ({res['path']})", flush=True)
     rep.save()
 
 
@@ -578,7 +565,7 @@ def markdown(d: dict[str, Any]) -> str:
                      f"{r['mpix_per_s']} | {r['tflops']} | {share} | {r['max_err']:.1e} | {r['first_call_s']} |")
     lines += ["", "max_err: largest absolute difference from strict FP32 (TF32 off) on the same inputs, model "
               "units. fp32 rows run with cuDNN's default TF32 convolutions, so their roofline is the TF32 peak."]
-    for key in ("granule", "train"):
+    for key in ("granule", "granule_single", "train"):
         if d.get(key):
             lines += ["", f"**{key}**: " + ", ".join(f"{k} {v}" for k, v in d[key].items())]
     if d["skipped"]:
@@ -602,6 +589,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--granule", type=int, default=10980, help="granule side in pixels (0 = skip)")
     ap.add_argument("--granule-batch", type=int, default=None, help="tiles per call (runtime default)")
     ap.add_argument("--granule-precision", default=None, choices=MODES, help="default: fp16 on a GPU, else fp32")
+    ap.add_argument("--granule-single", action=argparse.BooleanOptionalAction, default=True,
+                    help="finally, rerun the granule with a single-threaded host pipeline, budget permitting")
+    ap.add_argument("--io-stubs", action=argparse.BooleanOptionalAction, default=True,
+                    help="where rasterio/affine are missing, stand-ins so cloudrt.runtime imports (arrays only)")
     ap.add_argument("--train-steps", type=int, default=12)
     ap.add_argument("--train-batch", type=int, default=16)
     ap.add_argument("--train-crop", type=int, default=256)
@@ -613,6 +604,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.tile, a.rounds, a.min_round_s, a.granule = 64, 1, 0.0, min(a.granule, 512) if a.granule else 0
         a.batches = "1,2" if a.batches == ap.get_default("batches") else a.batches
         a.train_steps, a.train_batch, a.train_crop = 2, 2, 64
+        a.granule_single = False  # tests/test_scene_threads.py checks threaded == single-threaded
         a.row_need_s, a.compile_need_s, a.granule_need_s, a.train_need_s = 0.5, 2.0, 5.0, 2.0
     a.batches = [int(x) for x in str(a.batches).split(",") if x.strip()]
     a.modes = [m for m in a.modes.split(",") if m]
@@ -633,6 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     args.granule_precision = args.granule_precision or ("fp16" if device.type == "cuda" else "fp32")
     rep = Report(args.out, system_info(torch, device, args))
+    rep.data["system"]["stubbed_imports"] = install_io_stubs() if args.io_stubs else []
     model = load_model(torch, args.weights, device)
     flops = count_flops(torch, model, args.tile, device)
     rep.data["system"].update(model=args.weights.name, preset=model.config.get("preset"),
@@ -651,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
         run_train(torch, args.weights, rep, budget, args, device)
     if args.compile_modes:
         run_throughput(torch, model, "compile", args.compile_modes, flops, rep, budget, args, device)
+    if args.granule and args.granule_single:  # last: the same granule with the host pipeline single-threaded
+        run_granule(torch, model, rep, budget, args, device, threaded=False, key="granule_single")
     rep.data["system"]["wall_s"] = round(time.perf_counter() - budget.t0, 1)
     rep.save()
     print(markdown(rep.data))

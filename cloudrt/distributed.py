@@ -124,14 +124,17 @@ def _init(ray: Any, address: str | None, num_cpus: int | None, num_gpus: int | N
 def run_jobs(jobs: Sequence[Job], process: Callable[[Any, Job], Any], make_state: Callable[[], Any], *,
              overwrite: bool = False, address: str | None = None, num_cpus: int | None = None,
              num_gpus: int | None = None, cpus_per_task: float = 1.0, gpus_per_task: float = 0.0,
-             on_result: Callable[[JobResult], None] | None = None) -> BatchReport:
+             on_result: Callable[[JobResult], None] | None = None,
+             is_done: Callable[[Job], bool] | None = None) -> BatchReport:
     """Process ``jobs`` as Ray tasks; see the module docstring.
 
     ``num_cpus`` / ``num_gpus`` size a local instance (default: the machine's); they are ignored when
     connecting to ``address``. ``on_result`` is called on the driver as each pair finishes (in completion
-    order); the report lists results in the order of ``jobs``.
+    order); the report lists results in the order of ``jobs``. ``is_done(job)`` says which jobs a resumed
+    batch skips (default: those whose output exists; the CLI's also needs the STAC Item with ``--stac``).
     """
-    todo = [j for j in jobs if overwrite or not Path(j.output).exists()]
+    done = is_done if is_done is not None else (lambda j: Path(j.output).exists())
+    todo = [j for j in jobs if overwrite or not done(j)]
     names = {j.name for j in todo}
     skipped = [j.name for j in jobs if j.name not in names]
     if not todo:

@@ -71,11 +71,13 @@ def _tile_xml(n10: int) -> str:
 
 
 def make_safe(root: Path, n10: int = 60, baseline: str = "05.09", offset: int | None = -1000,
-              seed: int = 0, nodata_corner: bool = True) -> tuple[Path, dict[str, np.ndarray]]:
+              seed: int = 0, nodata_corner: bool = True, jp2_block: int | None = None
+              ) -> tuple[Path, dict[str, np.ndarray]]:
     """Write a SAFE of ``n10 x n10`` 10 m pixels (``n10`` a multiple of 6) under ``root``.
 
     Returns the ``.SAFE`` folder and the raw DN arrays per file band name (native resolution). With
-    ``nodata_corner``, the top-left 60 m cell is DN 0 (NODATA) in every band.
+    ``nodata_corner``, the top-left 60 m cell is DN 0 (NODATA) in every band. ``jp2_block`` tiles the JPEG
+    2000 files internally (real products use 1024 x 1024 tiles), so a window decodes only its tiles.
     """
     import rasterio
     from rasterio.transform import from_origin
@@ -99,7 +101,8 @@ def make_safe(root: Path, n10: int = 60, baseline: str = "05.09", offset: int | 
         path = safe / granule / "IMG_DATA" / f"T34UCF_20230823T095559_{b}.jp2"
         with rasterio.open(path, "w", driver="JP2OpenJPEG", width=n, height=n, count=1, dtype="uint16",
                            crs=f"EPSG:{EPSG}", transform=from_origin(ULX, ULY, r, r), QUALITY=100,
-                           REVERSIBLE="YES") as dst:
+                           REVERSIBLE="YES", **({"BLOCKXSIZE": jp2_block, "BLOCKYSIZE": jp2_block}
+                                                if jp2_block else {})) as dst:
             dst.write(a, 1)
     return safe, data
 

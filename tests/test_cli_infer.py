@@ -71,13 +71,15 @@ def test_infer_real_georeferenced_sample(model: Path, samples: Path, tmp_path: P
         dn, got = s.read(), o.read()
         cloud = cloud_mask(dn)
         np.testing.assert_array_equal(m.read(1), cloud.astype(np.uint8))
-        assert m.crs == s.crs
-    from cloudrt.scene.driver import feather_alpha
+        assert m.count == 2 and m.crs == s.crs
+        weight = m.read(2)
+    from cloudrt.preprocess.composite import composite_weight
 
-    far = feather_alpha(cloud, 8) == 0
-    assert far.any() and cloud.any()
-    np.testing.assert_array_equal(got[:, far], dn[:, far])  # clear pixels are kept exactly
-    assert np.abs(got[:, cloud].astype(float) - dn[:, cloud]).mean() > 1  # clouds are changed
+    np.testing.assert_array_equal(weight, np.rint(100 * composite_weight(dn)).astype(np.uint8))
+    keep = weight == 0
+    assert keep.any() and (weight == 100).any()
+    np.testing.assert_array_equal(got[:, keep], dn[:, keep])  # clear pixels are kept exactly
+    assert np.abs(got[:, weight == 100].astype(float) - dn[:, weight == 100]).mean() > 1  # clouds are changed
 
 
 def test_nodata_and_descriptions_are_kept(model: Path, tmp_path: Path) -> None:
@@ -103,9 +105,14 @@ def test_no_composite_returns_raw_output(model: Path, samples: Path, tmp_path: P
     assert main(_infer(model, *base, "-o", b, "--no-composite")) == 0
     with rasterio.open(a) as x, rasterio.open(b) as y, rasterio.open(samples / "s2_cloudy" / FALL) as s:
         ra, rb, dn = x.read(), y.read(), s.read()
-    cloud = cloud_mask(dn)
-    np.testing.assert_allclose(ra[:, cloud], rb[:, cloud], atol=1)
-    assert (rb[:, ~cloud] != dn[:, ~cloud]).mean() > 0.5  # raw output touches clear pixels too
+    from cloudrt.preprocess.composite import composite_weight
+
+    w = composite_weight(dn)
+    full, keep = w == 1, w == 0
+    assert full.any() and keep.any()
+    np.testing.assert_allclose(ra[:, full], rb[:, full], atol=1)  # fully replaced: the raw output
+    np.testing.assert_array_equal(ra[:, keep], dn[:, keep])  # kept: the input
+    assert (rb[:, keep] != dn[:, keep]).mean() > 0.5  # raw output touches clear pixels too
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")

@@ -162,6 +162,92 @@ def test_batch_reports_the_broken_pair_and_processes_the_rest(model, pair, tmp_p
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p0.tif", "p2.tif"]
 
 
+def _stac_json(path: Path, **props) -> Path:
+    path.write_text(json.dumps({"type": "Feature", "stac_version": "1.1.0", "id": path.stem, "properties": props,
+                                "geometry": None, "links": [], "assets": {}}))
+    return path
+
+
+def test_batch_pairing_of_products_and_stac_items(tmp_path):
+    from cloudrt.cli.infer_pairs import find_pairs
+
+    sub = tmp_path / "sub"
+    for d in ("s2/A.SAFE", "s2/D.SAFE", "s1"):
+        (sub / d).mkdir(parents=True)
+    for f in ("s2/p0.tif", "s2/B.SAFE.zip", "s2/S2A_MSIL1C_X.zip", "s2/other.zip", "s1/p0.tif", "s1/A.tif",
+              "s1/B.tif", "s1/S2A_MSIL1C_X.tif", "s1/C.tif", "s1/lonely.tif"):
+        (sub / f).write_bytes(b"")
+    _stac_json(sub / "s2" / "C.json")
+    _stac_json(sub / "s2" / "OUT.json", **{"cloudrt:version": "0.1"})  # a cloudrt output's Item: not an input
+    (sub / "s2" / "notes.json").write_text('{"a": 1}')
+    pairs, unpaired = find_pairs(sub)
+    assert sorted((n, o.name, s.name) for n, o, s in pairs) == [
+        ("A.tif", "A.SAFE", "A.tif"), ("B.tif", "B.SAFE.zip", "B.tif"), ("C.tif", "C.json", "C.tif"),
+        ("S2A_MSIL1C_X.tif", "S2A_MSIL1C_X.zip", "S2A_MSIL1C_X.tif"), ("p0.tif", "p0.tif", "p0.tif")]
+    assert len(unpaired) == 2 and "D.SAFE (no SAR" in unpaired[0] and "lonely.tif (no optical" in unpaired[1]
+    # flat folder: products beside NAME_S2.tif files, their SAR in sar/
+    flat = tmp_path / "flat"
+    (flat / "A.SAFE").mkdir(parents=True)
+    (flat / "sar").mkdir()
+    for f in ("T31_S2.tif", "T31_S1.tif", "sar/A.tif"):
+        (flat / f).write_bytes(b"")
+    pairs, unpaired = find_pairs(flat)
+    assert [(n, o.name, s.name) for n, o, s in pairs] == [("T31_S2.tif", "T31_S2.tif", "T31_S1.tif"),
+                                                          ("A.tif", "A.SAFE", "A.tif")]
+    assert unpaired == []
+
+
+def test_batch_runs_safe_products_like_single_mode(model, tmp_path, capsys, monkeypatch):
+    from safe_factory import zip_safe
+
+    import cloudrt.runtime.core as core
+
+    caches, real_env = [], core.gdal_env
+    monkeypatch.setattr(core, "gdal_env", lambda extra=0: caches.append(extra) or real_env(extra))
+
+    inp = tmp_path / "in"
+    folder, _ = make_safe(inp / "s2", n10=N, baseline="05.09", seed=1)
+    old, _ = make_safe(tmp_path / "z", n10=N, baseline="04.00", offset=None, seed=2)
+    zipped = zip_safe(old)
+    zipped = zipped.rename(inp / "s2" / zipped.name)
+    _, sar = synthetic_scene(N, N, seed=3)
+    names = [folder.name[:-5], old.name[:-5]]
+    for n in names:
+        write_tif(inp / "s1" / f"{n}.tif", sar, crs=f"EPSG:{EPSG}", transform=UTM)
+    assert main(_infer(model, "--input-dir", inp, "--output-dir", tmp_path / "out", "-q")) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"{n}.tif" for n in names)
+    assert main(_infer(model, "--optical", zipped, "--sar", inp / "s1" / f"{names[1]}.tif", "-o",
+                       tmp_path / "single.tif", "-q")) == 0
+    assert np.array_equal(_read(tmp_path / "out" / f"{names[1]}.tif"), _read(tmp_path / "single.tif"))
+    with rasterio.open(tmp_path / "out" / f"{names[0]}.tif") as o:
+        assert o.tags()["CLOUDRT_SOURCE_PRODUCT"] == folder.name
+    assert len(caches) == 3 and min(caches) > 0  # GDAL's cache grown by the product's JPEG 2000 tile row
+
+
+def test_stac_batch_redoes_an_output_without_its_item(model, pair, tmp_path, capsys):
+    _, _, opt, sar = pair
+    inp, out = _batch_dir(tmp_path, opt, sar, broken=False), tmp_path / "out"
+    assert main(_infer(model, "--input-dir", inp, "--output-dir", out, "--stac", "-q")) == 0
+    (out / "p0.json").unlink()  # interrupted after p0.tif was renamed into place, before its Item
+    (out / "p1.tif").write_bytes(b"stale")  # a finished pair is trusted as it is: skipped
+    ref = _read(out / "p0.tif")
+    (out / "p0.tif").write_bytes(b"partial")
+    capsys.readouterr()
+    assert main(_infer(model, "--input-dir", inp, "--output-dir", out, "--stac")) == 0
+    err = capsys.readouterr().err
+    assert "1 outputs have no STAC Item" in err and "wrote 1, skipped 2, failed 0 of 3 pairs" in err
+    assert np.array_equal(_read(out / "p0.tif"), ref)
+    item = pystac.Item.from_file(str(out / "p0.json"))
+    assert item.assets["data"].get_absolute_href() == str((out / "p0.tif").resolve())
+    assert (out / "p1.tif").read_bytes() == b"stale"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    # without --stac, the Item is not asked for: nothing to redo
+    (out / "p2.json").unlink()
+    capsys.readouterr()
+    assert main(_infer(model, "--input-dir", inp, "--output-dir", out)) == 0
+    assert "wrote 0, skipped 3" in capsys.readouterr().err
+
+
 def test_cog_and_stac_outputs(model, pair, tmp_path, capsys):
     s2, s1, _, _ = pair
     out, mask = tmp_path / "OUT.tif", tmp_path / "OUT_mask.tif"
@@ -201,6 +287,8 @@ def test_ray_batch_matches_the_serial_batch(model, pair, tmp_path, capsys):
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'cloudrt[ray]')")
     _, _, opt, sar = pair
     inp = _batch_dir(tmp_path, opt, sar)
+    safe, _ = make_safe(inp / "s2", n10=N, seed=4)  # a SAFE product pairs with s1/NAME.tif
+    write_tif(inp / "s1" / f"{safe.name[:-5]}.tif", sar, crs=f"EPSG:{EPSG}", transform=UTM)
     assert main(_infer(model, "--input-dir", inp, "--output-dir", tmp_path / "serial", "-q")) == 2
     (tmp_path / "ray").mkdir()
     (tmp_path / "ray" / "p2.tif").write_bytes((tmp_path / "serial" / "p2.tif").read_bytes())  # resumed
@@ -209,6 +297,7 @@ def test_ray_batch_matches_the_serial_batch(model, pair, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2, err
     assert "error: p1.tif:" in err and "truncated or corrupt" in err
-    assert "wrote 1, skipped 1, failed 1 of 3 pairs" in err
-    assert np.array_equal(_read(tmp_path / "ray" / "p0.tif"), _read(tmp_path / "serial" / "p0.tif"))
+    assert "wrote 2, skipped 1, failed 1 of 4 pairs" in err
+    for name in ("p0.tif", f"{safe.name[:-5]}.tif"):
+        assert np.array_equal(_read(tmp_path / "ray" / name), _read(tmp_path / "serial" / name))
     assert not (tmp_path / "ray" / "p1.tif").exists()

@@ -52,6 +52,18 @@ def test_all_done_needs_no_ray(tmp_path, monkeypatch):
     assert rep.skipped == ["p0", "p1"] and rep.results == []
 
 
+def test_is_done_decides_what_a_resumed_batch_skips(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    jobs = _jobs(tmp_path, 2)
+    for j in jobs:
+        j.output.touch()
+    rep = run_jobs(jobs, _process, _make_state(str(tmp_path)), is_done=lambda j: True)
+    assert rep.skipped == ["p0", "p1"]
+    # p1's output exists but the caller's rule (e.g. its STAC Item is missing) says it is not done: it runs
+    with pytest.raises(BackendUnavailableError):
+        run_jobs(jobs, _process, _make_state(str(tmp_path)), is_done=lambda j: j.name == "p0")
+
+
 def test_ray_batch_on_local_two_cpu_cluster(tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'cloudrt[ray]')")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import tests/

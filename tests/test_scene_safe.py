@@ -84,6 +84,34 @@ def test_windows_tile_the_grid_exactly(product):
         assert np.array_equal(r.read(9, window=Window(3, 4, 5, 6)), whole[8, 4:10, 3:8])
 
 
+def test_tiled_product_reads_the_same_and_sizes_the_cache_for_one_tile_row(tmp_path, monkeypatch):
+    plain, _ = make_safe(tmp_path / "plain", n10=192, seed=3)
+    tiled, _ = make_safe(tmp_path / "tiled", n10=192, seed=3, jp2_block=64)  # like ESA's 1024 px JP2 tiles
+    with SafeReader(plain) as p, SafeReader(tiled) as t:
+        whole = p.read()
+        assert np.array_equal(t.read(), whole)
+        rows = [np.concatenate([t.read(window=Window(c, r, min(80, 192 - c), min(56, 192 - r)))
+                                for c in range(0, 192, 80)], axis=2)
+                for r in range(0, 192, 56)]  # windows across tile borders, the last ones cut short
+        assert np.array_equal(np.concatenate(rows, axis=1), whole)
+        assert np.array_equal(t.read([11, 3], window=Window(10, 20, 30, 40)), whole[[10, 2], 20:60, 10:40])
+    # GDAL's block cache must hold one row of whole JPEG 2000 blocks (GDAL's JP2 blocks: the tiles, or
+    # tile rows for small tiles) of all 13 band files at their native resolution, not whole bands
+    import rasterio
+
+    row = band = 0
+    for f in tiled.rglob("*.jp2"):
+        with rasterio.open(f) as ds:
+            (by, bx), = set(ds.block_shapes)
+            row += -(-ds.width // bx) * bx * by * 2
+            band += ds.width * ds.height * 2
+    assert t.cache_bytes == row and row <= band / 2
+    from cloudrt.scene.io import GDAL_CACHE_MB, gdal_env
+
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    assert gdal_env(t.cache_bytes).options["GDAL_CACHEMAX"] == GDAL_CACHE_MB * 2**20 + t.cache_bytes
+
+
 def test_folder_zip_and_xml_read_the_same(product):
     safe, _, _ = product
     z = zip_safe(safe)

@@ -87,6 +87,26 @@ def test_written_item_round_trips_and_validates(item_files):
     assert "core Item schema" in validate_item(back)
 
 
+def test_item_write_is_atomic(item_files, monkeypatch):
+    """A failed write leaves the previous Item whole and no temporary file (a resumed batch trusts OUT.json)."""
+    import cloudrt.scene.stac as stac_mod
+
+    out, mask, model = item_files
+    path = write_item(_item(out, mask, model), stac_path_for(out))
+    before = path.read_text()
+
+    def fail(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(stac_mod.os, "replace", fail)
+    item = _item(out, mask, model)
+    item.properties["cloudrt:backend"] = "changed"
+    with pytest.raises(OSError):
+        write_item(item, path)
+    assert path.read_text() == before
+    assert [x.name for x in path.parent.iterdir() if x.name.startswith(".")] == []
+
+
 def test_validation_catches_bad_items(item_files):
     out, mask, model = item_files
     item = _item(out, mask, model)

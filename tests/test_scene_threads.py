@@ -34,14 +34,14 @@ def test_threaded_file_output_is_byte_identical(k3: Path, scene: tuple[Path, Pat
                                                 panel: int | None) -> None:
     o, s = scene
     files = {}
-    for threaded in (False, True):
-        out, mask = tmp_path / f"out-{threaded}.tif", tmp_path / f"mask-{threaded}.tif"
-        stats = Runtime(k3, batch=3, panel=panel, threaded=threaded).predict_file(o, s, out, mask_out=mask)
-        files[threaded] = (out.read_bytes(), mask.read_bytes(), stats)
-    (a, ma, sa), (b, mb, sb) = files[False], files[True]
-    assert a == b and ma == mb
-    assert {k: v for k, v in sa.items() if k != "seconds"} == {k: v for k, v in sb.items() if k != "seconds"}
-    with rasterio.open(tmp_path / "mask-True.tif") as ds:
+    for mode in ("single", "write-behind", "read-ahead"):
+        out, mask = tmp_path / f"out-{mode}.tif", tmp_path / f"mask-{mode}.tif"
+        rt = Runtime(k3, batch=3, panel=panel, threaded=mode != "single", read_ahead=mode == "read-ahead")
+        stats = rt.predict_file(o, s, out, mask_out=mask)
+        files[mode] = (out.read_bytes(), mask.read_bytes(), {k: v for k, v in stats.items() if k != "seconds"})
+    for mode in ("write-behind", "read-ahead"):
+        assert files[mode] == files["single"], mode
+    with rasterio.open(tmp_path / "mask-read-ahead.tif") as ds:
         m = ds.read(1)
     assert (m == 1).any() and (m == 0).any() and (m == 255).any()  # clouds, clear and nodata all exercised
 
@@ -50,13 +50,14 @@ def test_threaded_arrays_with_given_mask_are_identical(k3: Path) -> None:
     opt, sar = synthetic_scene(150, 170, seed=5)
     given = np.zeros(opt.shape[1:], bool)
     given[20:90, 30:100] = True
-    outs = [Runtime(k3, batch=2, threaded=t).predict(opt, sar, mask=given, nodata=0) for t in (False, True)]
-    assert np.array_equal(outs[0], outs[1], equal_nan=True)
+    outs = [Runtime(k3, batch=2, threaded=t, read_ahead=r).predict(opt, sar, mask=given, nodata=0)
+            for t, r in ((False, False), (True, False), (True, True))]
+    assert np.array_equal(outs[0], outs[1], equal_nan=True) and np.array_equal(outs[0], outs[2], equal_nan=True)
 
 
 def test_errors_surface_and_leave_no_output(k3: Path, scene: tuple[Path, Path], tmp_path: Path) -> None:
     o, s = scene
-    rt = Runtime(k3, batch=2)
+    rt = Runtime(k3, batch=2, read_ahead=True)  # all three threads
     calls = [0]
     inner = rt.backend.run
 
@@ -88,4 +89,54 @@ def test_write_behind_is_bounded_and_ordered() -> None:
             wb.put(i)
             waiting.append(i + 1 - len(seen))  # items given but not yet consumed
     assert seen == list(range(20))
-    assert max(waiting) <= depth + 1  # the queue plus the one in the worker's hands
+    assert max(waiting) <= depth  # handed over and not yet consumed, the one in the worker's hands included
+
+
+def test_threaded_memory_stays_bounded(k3: Path) -> None:
+    """Peak NumPy allocation (tracemalloc) of the threaded pipeline: at most one more input window and two
+    more prediction blocks than the single pass, and with column panels still independent of the width."""
+    import tracemalloc
+
+    from cloudrt.scene.driver import run_scene
+    from cloudrt.scene.sinks import ArraySink
+    from cloudrt.scene.sources import ArraySource
+
+    rt = Runtime(k3, batch=4)
+    peaks = {}
+    for w in (512, 2048):
+        opt, sar = synthetic_scene(96, w, seed=w)
+        for mode in ("single", "write-behind", "read-ahead"):
+            sink = ArraySink(13, 96, w, None, want_mask=True)
+            tracemalloc.start()
+            run_scene(ArraySource(opt, sar), rt.backend.run, sink, tile=rt.tile, overlap=rt.overlap, batch=4,
+                      want_mask=True, block=64, panel=256, threaded=mode != "single",
+                      read_ahead=mode == "read-ahead")
+            peaks[w, mode] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+    # how much the stages overlap varies from run to run, within the bound
+    for w in (512, 2048):
+        for mode in ("write-behind", "read-ahead"):
+            assert peaks[w, mode] < 1.75 * peaks[w, "single"], peaks
+            assert peaks[2048, mode] < 1.75 * peaks[512, "single"], peaks  # 4x the width, 8 panels: no growth
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "int16", "float32", "float64"])
+def test_fewer_pass_normalization_is_bit_identical(dtype: str) -> None:
+    """normalize_optical / denormalize_optical(inplace) equal the plain float32 formulas, bit for bit."""
+    from cloudrt.preprocess.normalize import denormalize_optical, normalize_optical
+
+    rng = np.random.default_rng(0)
+    dn = rng.integers(-50, 12000, (13, 40, 50)).astype(dtype)
+    if dtype.startswith("float"):
+        dn[0, 1, 1], dn[3, 2, 2], dn[5, 3, 3], dn[7, 4, 4] = np.nan, np.inf, -np.inf, 1234.5
+    for nodata in (None, 0, 7):
+        x = np.asarray(dn, dtype=np.float32)
+        bad = ~np.isfinite(x) | ((x == np.float32(nodata)) if nodata is not None else False)
+        ref = np.where(bad, np.float32(0), np.clip(x, 0.0, 10000.0) / np.float32(10000.0)).astype(np.float32)
+        got = normalize_optical(dn, nodata)
+        assert got.dtype == np.float32 and np.array_equal(got, ref)
+    pred = rng.normal(0.5, 0.6, (13, 40, 50)).astype(np.float32)
+    ref = np.clip(pred * np.float32(10000.0), 0.0, 10000.0).astype(np.float32)
+    view = pred.copy()[:, :, 5:45]  # a non-contiguous view, as the driver passes
+    assert np.array_equal(denormalize_optical(view, inplace=True), ref[:, :, 5:45])
+    assert np.array_equal(denormalize_optical(pred), ref)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -10,7 +9,8 @@ import typer
 
 from cloudrt._deps import has_module
 from cloudrt.cli.common import progress, require_extra, terminate_as_interrupt
-from cloudrt.cli.infer_jobs import PairSettings, process_pair
+from cloudrt.cli.infer_jobs import PairSettings, is_done, process_pair
+from cloudrt.cli.infer_pairs import PRODUCT_RULE, find_pairs
 from cloudrt.devices import parse_device
 from cloudrt.distributed import Job
 from cloudrt.errors import CloudrtError, InputError
@@ -18,11 +18,6 @@ from cloudrt.export import get_or_build_engine
 from cloudrt.runtime import Runtime
 from cloudrt.runtime.backends import ENGINE_SUFFIXES, default_model
 from cloudrt.scene.io import check_compression, check_output_path
-
-OPTICAL_DIRS = ("s2_cloudy", "S2_cloudy", "s2", "S2", "optical")
-SAR_DIRS = ("s1", "S1", "sar", "SAR")
-RASTER_SUFFIXES = (".tif", ".tiff", ".TIF", ".TIFF")
-_TOKEN = re.compile(r"(?i)(?:(?<=^)|(?<=[_\-.]))(s2_?cloudy|s2|s1)(?=$|[_\-.])")
 
 
 def register(app: typer.Typer) -> None:
@@ -49,15 +44,22 @@ def register(app: typer.Typer) -> None:
                                                 "the model's size divisor: 32 for tile 256)."),
         batch: int | None = typer.Option(None, "--batch", help="Tiles per backend call (default: backend's).",
                                          show_default=False),
-        mask_out: Path | None = typer.Option(None, "--mask-out", help="Also write the cloud mask (uint8: 0 clear, "
-                                             "1 cloud, 255 nodata); a folder in batch mode.", show_default=False),
+        mask_out: Path | None = typer.Option(None, "--mask-out", help="Also write the cloud mask (band 1, uint8: 0 "
+                                             "clear, 1 cloud, 255 nodata) and the compositing weight (band 2, "
+                                             "percent of the output taken from the model); a folder in batch mode.",
+                                             show_default=False),
+        confidence_out: Path | None = typer.Option(None, "--confidence-out", help="Also write the confidence band "
+                                                   "(uint8 0-100: 100 observed, 0 reconstructed with no optical "
+                                                   "evidence left; docs/method.md); a folder in batch mode.",
+                                                   show_default=False),
         mask_method: str = typer.Option("paper", "--mask-method", help="Cloud mask: paper or sen12mscr."),
         no_composite: bool = typer.Option(False, "--no-composite", help="Return the raw model output everywhere "
-                                          "(default: keep clear pixels, feathered at cloud borders)."),
+                                          "(default: soft compositing, clear pixels kept exactly)."),
         align: bool = typer.Option(False, "--align", help="Reproject S1 onto the S2 grid when they differ."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
         input_dir: Path | None = typer.Option(None, "--input-dir", help="Batch mode: folder with s2_cloudy/ (or "
-                                              "s2/) and s1/ subfolders, or NAME_S2.tif + NAME_S1.tif files.",
+                                              "s2/) and s1/ subfolders, or NAME_S2.tif + NAME_S1.tif files. "
+                                              + PRODUCT_RULE,
                                               show_default=False),
         output_dir: Path | None = typer.Option(None, "--output-dir", help="Batch mode: output folder.",
                                                show_default=False),
@@ -107,11 +109,12 @@ def register(app: typer.Typer) -> None:
                                 compress=compress, compress_level=compress_level)
         with terminate_as_interrupt():
             if batch_mode and (ray or ray_address):
-                _run_ray(input_dir, output_dir, mask_out, opts, settings, ray_address, gpus_per_task, quiet)
+                _run_ray(input_dir, output_dir, mask_out, opts, settings, ray_address, gpus_per_task, quiet,
+                         conf_dir=confidence_out)
             elif batch_mode:
-                _run_batch(input_dir, output_dir, mask_out, opts, settings, quiet)
+                _run_batch(input_dir, output_dir, mask_out, opts, settings, quiet, conf_dir=confidence_out)
             else:
-                _run_one(optical, sar, output, mask_out, opts, settings, quiet)
+                _run_one(optical, sar, output, mask_out, opts, settings, quiet, confidence_out=confidence_out)
 
 
 def _make_runtime(opts: dict) -> Runtime:
@@ -145,72 +148,33 @@ class _LazyRuntime:
 
 
 def _run_one(optical: Path, sar: Path, output: Path, mask_out: Path | None, opts: dict, settings: PairSettings,
-             quiet: bool) -> None:
-    for p in (output, mask_out):
+             quiet: bool, confidence_out: Path | None = None) -> None:
+    for p in (output, mask_out, confidence_out):
         if p is not None:
             check_output_path(p, settings.overwrite, inputs=(optical, sar), create_parent=True)
     if mask_out is not None and Path(mask_out).resolve() == Path(output).resolve():
         raise InputError("--mask-out is the same file as -o; choose another mask path.")
-    job = Job(Path(output).name, Path(output), {"optical": optical, "sar": sar, "mask": mask_out})
+    outs = [Path(p).resolve() for p in (output, mask_out, confidence_out) if p is not None]
+    if len(set(outs)) < len(outs):
+        raise InputError("-o, --mask-out and --confidence-out must be different files.")
+    job = Job(Path(output).name, Path(output), {"optical": optical, "sar": sar, "mask": mask_out,
+                                                 "confidence": confidence_out})
     stats = process_pair(settings, _LazyRuntime(opts, quiet), job, say=lambda m: _say(m, quiet),
                          progress_for=lambda rows: progress(quiet or not sys.stderr.isatty(), "rows", rows))
     _say(f"wrote {output} ({stats['width']}x{stats['height']}, cloud {100 * stats['cloud_fraction']:.1f} %, "
          f"{stats['tiles']} tiles, {stats['seconds']:.1f} s)", quiet)
 
 
-def find_pairs(input_dir: Path) -> tuple[list[tuple[str, Path, Path]], list[str]]:
-    """Pair S2 and S1 rasters in ``input_dir`` by name -> ([(name, optical, sar)], [unpaired names]).
-
-    Either subfolders (``s2_cloudy/`` or ``s2/`` with ``s1/``, same file names), or one flat folder with
-    names that differ only in an ``S2``/``S2_cloudy`` vs ``S1`` token (``T31_S2.tif`` + ``T31_S1.tif``).
-    """
-    if not input_dir.is_dir():
-        raise InputError(f"input folder {input_dir} does not exist; pass an existing --input-dir.")
-
-    def rasters(d: Path) -> list[Path]:
-        return sorted(p for p in d.iterdir() if p.is_file() and p.suffix in RASTER_SUFFIXES
-                      and not p.name.startswith("."))
-
-    odir = next((input_dir / n for n in OPTICAL_DIRS if (input_dir / n).is_dir()), None)
-    sdir = next((input_dir / n for n in SAR_DIRS if (input_dir / n).is_dir()), None)
-    pairs: list[tuple[str, Path, Path]] = []
-    unpaired: list[str] = []
-    if odir is not None and sdir is not None:
-        sars = {p.name: p for p in rasters(sdir)}
-        for o in rasters(odir):
-            if o.name in sars:
-                pairs.append((o.name, o, sars.pop(o.name)))
-            else:
-                unpaired.append(f"{o} (no {sdir / o.name})")
-        unpaired += [f"{s} (no optical {odir / n})" for n, s in sars.items()]
-        return pairs, unpaired
-    opticals: dict[str, Path] = {}
-    sars2: dict[str, Path] = {}
-    for p in rasters(input_dir):
-        m = _TOKEN.search(p.stem)
-        if not m:
-            continue
-        key = (p.stem[: m.start()] + p.stem[m.end():]).lower()
-        (sars2 if m.group(1).lower() == "s1" else opticals)[key] = p
-    for key, o in sorted(opticals.items()):
-        if key in sars2:
-            pairs.append((o.name, o, sars2.pop(key)))
-        else:
-            unpaired.append(f"{o} (no matching S1 file)")
-    unpaired += [f"{s} (no matching S2 file)" for s in sars2.values()]
-    return pairs, unpaired
-
-
-def _batch_jobs(input_dir: Path, output_dir: Path, mask_dir: Path | None, overwrite: bool,
-                quiet: bool) -> tuple[list[Job], int]:
+def _batch_jobs(input_dir: Path, output_dir: Path, mask_dir: Path | None, settings: PairSettings,
+                quiet: bool, conf_dir: Path | None = None) -> tuple[list[Job], int]:
     """Pair the inputs, create the output folders, report unpaired files and finished outputs; return the
     jobs still to do (absolute paths, so Ray workers in other folders or machines see the same files) and the
-    number of pairs."""
+    number of pairs. With ``--stac`` an output without its Item is redone (:func:`is_done`)."""
     pairs, unpaired = find_pairs(input_dir)
     if not pairs:
         raise InputError(f"no S2/S1 pairs found in {input_dir}; use s2_cloudy/ (or s2/) and s1/ subfolders with "
-                         "the same file names, or NAME_S2.tif + NAME_S1.tif.")
-    for d in (output_dir, mask_dir):
+                         "the same file names, or NAME_S2.tif + NAME_S1.tif; " + PRODUCT_RULE)
+    for d in (output_dir, mask_dir, conf_dir):
         if d is not None:
             if d.exists() and not d.is_dir():
                 raise InputError(f"{d} exists and is not a folder; pass a folder for batch outputs.")
@@ -219,14 +183,19 @@ def _batch_jobs(input_dir: Path, output_dir: Path, mask_dir: Path | None, overwr
             except OSError as e:
                 raise InputError(f"cannot create output folder {d} ({e.strerror}); choose a writable one.") from e
     jobs = [Job(n, (output_dir / n).resolve(), {"optical": o.resolve(), "sar": s.resolve(),
-                                                 "mask": (mask_dir / n).resolve() if mask_dir is not None else None})
+                                                 "mask": (mask_dir / n).resolve() if mask_dir is not None else None,
+                                                 "confidence": (conf_dir / n).resolve() if conf_dir else None})
             for n, o, s in pairs]
-    todo = [j for j in jobs if overwrite or not j.output.exists()]
+    todo = [j for j in jobs if settings.overwrite or not is_done(settings, j)]
+    redo = [j for j in todo if not settings.overwrite and j.output.exists()]  # with --stac: no Item yet
+    todo = [Job(j.name, j.output, {**j.args, "redo": True}) if j in redo else j for j in todo]
     for u in unpaired:
         _say(f"warning: unpaired {u}; skipped", quiet)
     if len(todo) < len(jobs):
         _say(f"cloudrt: {len(jobs) - len(todo)} of {len(jobs)} outputs already exist; skipping them (--overwrite "
              "redoes them)", quiet)
+    if redo:
+        _say(f"cloudrt: {len(redo)} outputs have no STAC Item (an interrupted run); redoing them", quiet)
     return todo, len(pairs)
 
 
@@ -240,8 +209,8 @@ def _finish_batch(done: int, failures: int, total: int, output_dir: Path, quiet:
 
 
 def _run_batch(input_dir: Path, output_dir: Path, mask_dir: Path | None, opts: dict, settings: PairSettings,
-               quiet: bool) -> None:
-    todo, total = _batch_jobs(input_dir, output_dir, mask_dir, settings.overwrite, quiet)
+               quiet: bool, conf_dir: Path | None = None) -> None:
+    todo, total = _batch_jobs(input_dir, output_dir, mask_dir, settings, quiet, conf_dir)
     failures = 0
     get_runtime = _LazyRuntime(opts, quiet)
     with progress(quiet or not sys.stderr.isatty(), "scenes", len(todo)) as cb:
@@ -257,7 +226,7 @@ def _run_batch(input_dir: Path, output_dir: Path, mask_dir: Path | None, opts: d
 
 
 def _run_ray(input_dir: Path, output_dir: Path, mask_dir: Path | None, opts: dict, settings: PairSettings,
-             address: str | None, gpus_per_task: float, quiet: bool) -> None:
+             address: str | None, gpus_per_task: float, quiet: bool, conf_dir: Path | None = None) -> None:
     """The batch as Ray tasks (:mod:`cloudrt.distributed`): same pairs, same per-pair code, same summary."""
     import functools
 
@@ -265,7 +234,7 @@ def _run_ray(input_dir: Path, output_dir: Path, mask_dir: Path | None, opts: dic
     from cloudrt.distributed import import_ray, run_jobs
 
     import_ray()  # the missing extra before any work
-    todo, total = _batch_jobs(input_dir, output_dir, mask_dir, settings.overwrite, quiet)
+    todo, total = _batch_jobs(input_dir, output_dir, mask_dir, settings, quiet, conf_dir)
     if opts["model"] is not None:
         opts = {**opts, "model": Path(opts["model"]).resolve()}
     where = f"Ray cluster {address}" if address else "a local Ray instance"

@@ -12,7 +12,7 @@ import datetime as dt
 import functools
 import secrets
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,22 @@ def _acquired(ods: Any) -> dt.datetime | None:
         return None
 
 
+def is_done(settings: PairSettings, job: Job) -> bool:
+    """Whether a resumed batch may skip ``job``: its output exists and, with ``stac``, its STAC Item too.
+
+    The Item is written last (after the output and the mask), atomically, so an interruption or a failure
+    between the output and its Item leaves an output without Item: that pair is redone, not skipped.
+    """
+    output = Path(job.output)
+    if not output.exists():
+        return False
+    if settings.stac:
+        from cloudrt.scene.stac import stac_path_for
+
+        return stac_path_for(output).exists()
+    return True
+
+
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.gtiff.tif")
 
@@ -60,12 +76,16 @@ def process_pair(settings: PairSettings, get_runtime: Callable[[], Any], job: Jo
     """Process ``job`` (args ``optical``, ``sar``, optional ``mask``); return the runtime's stats.
 
     ``get_runtime()`` is called only once the inputs passed their checks (the model loads after them);
-    ``progress_for(rows)`` may return a context manager yielding a ``callback(done, total)``.
+    ``progress_for(rows)`` may return a context manager yielding a ``callback(done, total)``. A job with
+    ``args["redo"]`` replaces its existing output (one :func:`is_done` found without its STAC Item).
     """
+    if job.args.get("redo") and not settings.overwrite:
+        settings = replace(settings, overwrite=True)
     from cloudrt.scene.sources import open_scene
 
     output = Path(job.output)
     mask_out = Path(job.args["mask"]) if job.args.get("mask") else None
+    conf_out = Path(job.args["confidence"]) if job.args.get("confidence") else None
     with open_scene(job.args["optical"], job.args["sar"], align=settings.align, sar_units=settings.sar_units,
                     optical_scale=settings.optical_scale) as src:
         acquired = _acquired(src.ods)
@@ -79,12 +99,12 @@ def process_pair(settings: PairSettings, get_runtime: Callable[[], Any], job: Jo
             if not settings.cog:
                 stats = rt.predict_source(src, output, mask_out=mask_out, composite=settings.composite,
                                           overwrite=settings.overwrite, progress=cb, compress=settings.compress,
-                                          compress_level=settings.compress_level)
+                                          compress_level=settings.compress_level, confidence_out=conf_out)
             else:
-                stats = _predict_cog(rt, src, output, mask_out, settings, cb)
+                stats = _predict_cog(rt, src, output, mask_out, settings, cb, conf_out)
         stats.update(width=src.width, height=src.height)
     if settings.stac:
-        _write_stac(rt, job, output, mask_out, settings, notes, acquired)
+        _write_stac(rt, job, output, mask_out, settings, notes, acquired, conf_out)
     return stats
 
 
@@ -95,28 +115,31 @@ def ray_process(settings: PairSettings, rt: Any, job: Job) -> dict[str, Any]:
 
 
 def _predict_cog(rt: Any, src: Any, output: Path, mask_out: Path | None, settings: PairSettings,
-                 progress: Any) -> dict[str, Any]:
+                 progress: Any, conf_out: Path | None = None) -> dict[str, Any]:
     """Stream into temporary tiled GeoTIFFs, then copy each as a COG into place (atomically)."""
     from cloudrt.scene.cog import to_cog
 
     tmp, mtmp = _tmp(output), (_tmp(mask_out) if mask_out is not None else None)
+    ctmp = _tmp(conf_out) if conf_out is not None else None
     try:
         stats = rt.predict_source(src, tmp, mask_out=mtmp, composite=settings.composite, overwrite=True,
                                   progress=progress, compress=settings.compress,
-                                  compress_level=settings.compress_level)
+                                  compress_level=settings.compress_level, confidence_out=ctmp)
         codec = settings.compress.upper()  # the COG copy keeps the codec at the driver's default level
         if mtmp is not None:  # the mask first: the output's presence is what marks a pair as done
             to_cog(mtmp, mask_out, resampling="nearest", compress=codec)  # class values must not be averaged
+        if ctmp is not None:
+            to_cog(ctmp, conf_out, resampling="average", compress=codec)
         to_cog(tmp, output, resampling="average", compress=codec)
     finally:
-        for p in (tmp, mtmp):
+        for p in (tmp, mtmp, ctmp):
             if p is not None:
                 p.unlink(missing_ok=True)
     return stats
 
 
 def _write_stac(rt: Any, job: Job, output: Path, mask_out: Path | None, settings: PairSettings,
-                notes: list[str], acquired: dt.datetime | None) -> None:
+                notes: list[str], acquired: dt.datetime | None, conf_out: Path | None = None) -> None:
     from cloudrt._version import __version__
     from cloudrt.scene.stac import make_item, stac_path_for, validate_item, write_item
 
@@ -127,6 +150,7 @@ def _write_stac(rt: Any, job: Job, output: Path, mask_out: Path | None, settings
                      model=str(model) if model else "in-memory module",
                      model_sha256=_sha256(str(model)) if model and Path(model).is_file() else "",
                      backend=rt.backend_name, options=options, version=__version__, mask=mask_out,
+                     confidence=conf_out,
                      cog=settings.cog, datetime=acquired)
     validate_item(item)
     write_item(item, stac_path_for(output))

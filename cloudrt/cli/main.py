@@ -14,7 +14,7 @@ import typer
 
 from cloudrt._deps import EXTRAS, missing_extra_message
 from cloudrt._version import __version__
-from cloudrt.cli import bench, bench_scene, evaluate, export, infer, mask, train
+from cloudrt.cli import bench, bench_scene, evaluate, export, infer, mask, preview, train
 from cloudrt.errors import CloudrtError
 
 app = typer.Typer(
@@ -42,7 +42,7 @@ def _root(
     """Options before the verb apply to every command."""
 
 
-for _verb in (train, evaluate, export, infer, mask, bench, bench_scene):
+for _verb in (train, evaluate, export, infer, mask, preview, bench, bench_scene):
     _verb.register(app)
 
 

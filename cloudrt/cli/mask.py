@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
     def mask_cmd(
         optical: Path = typer.Option(..., "--optical", help="Sentinel-2 L1C GeoTIFF, 13 bands (DN)."),
         output: Path = typer.Option(..., "-o", "--output", help="Mask GeoTIFF (uint8)."),
-        method: str = typer.Option("paper", "--method", help="paper (METHOD.md eqs. 13-16) or sen12mscr "
+        method: str = typer.Option("paper", "--method", help="paper (eqs. 13-16, docs/method.md) or sen12mscr "
                                    "(the dataset tool: closing + mean filter)."),
         shadow: bool = typer.Option(False, "--shadow", help="Also mark cloud shadow (value 2)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),

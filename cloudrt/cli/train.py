@@ -15,8 +15,8 @@ from cloudrt.errors import InputError
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
-        data: list[Path] = typer.Option(..., "--data", help="SEN12MS-CR root or flat s1/s2/s2_cloudy folder "
-                                        "(repeatable)."),
+        data: list[Path] = typer.Option([], "--data", help="SEN12MS-CR root or flat s1/s2/s2_cloudy folder "
+                                        "(repeatable; required unless --npz)."),
         out: Path = typer.Option(..., "-o", "--out", help="Run folder: checkpoints, history."),
         preset: str = typer.Option("carf-small", help="Model preset (carf-tiny, carf-small, carf-base)."),
         epochs: int = typer.Option(10, help="Passes over the training subset."),
@@ -41,12 +41,24 @@ def register(app: typer.Typer) -> None:
         amp: bool = typer.Option(True, help="Mixed precision on GPU."),
         schedule: str = typer.Option("constant", help="Learning-rate schedule: constant (paper) or cosine."),
         override: list[str] = typer.Option([], help="Model config override KEY=VALUE (repeatable)."),
+        mix: bool = typer.Option(False, "--mix", help="Demo mix: real clouds, identity and synthetic clouds with "
+                                 "haze and shadow, SAR dropout (docs/method.md)."),
+        npz: Path = typer.Option(None, "--npz", help="Mix records from one .npz (scripts/make_npz.py) instead "
+                                 "of --data folders; implies --mix."),
+        sam_weight: float = typer.Option(0.0, help="Weight of the spectral-angle term added to eq. 18."),
+        p_real: float = typer.Option(0.5, help="Mix: probability of a real cloudy input."),
+        p_identity: float = typer.Option(0.15, help="Mix: probability of a clear input kept unchanged."),
+        sar_dropout: float = typer.Option(0.2, help="Mix: probability that a triplet's SAR is zeroed."),
     ) -> None:
         """Train CARF with the cloud-aware loss (eqs. 17-18); Adam; checkpoints are safetensors + JSON."""
         require_extra("torch", "cloudrt train")  # the missing extra first, before any other check
         require_extra("kornia", "cloudrt train (the SSIM term of the loss)")
         from cloudrt.train.loop import TrainConfig, train  # lazy: imports torch
 
+        if not data and npz is None:
+            raise InputError("no training data: pass --data DIR (repeatable) or --npz FILE.")
+        if npz is not None and not npz.is_file():
+            raise InputError(f"--npz {npz} does not exist; build it with scripts/make_npz.py.")
         for d in [*data, *extra_optical]:
             if not d.is_dir():
                 raise InputError(f"data folder {d} does not exist; pass a SEN12MS-CR folder with --data.")
@@ -64,6 +76,8 @@ def register(app: typer.Typer) -> None:
             init=str(init) if init else None,
             cloud_weighting=not no_cloud_weighting, save_every=save_every, max_steps=max_steps or None,
             max_minutes=max_minutes or None, amp=amp, schedule=schedule, overrides=overrides,
+            mix=mix or npz is not None, npz=str(npz) if npz else None, sam_weight=sam_weight, p_real=p_real,
+            p_identity=p_identity, sar_dropout=sar_dropout,
         )
         final = train(cfg)
         if os.environ.get("RANK", "0") == "0":

@@ -1,6 +1,6 @@
 """Export a CARF model to ONNX (FP32, or mixed-precision FP16) with its metadata inside.
 
-The graph computes exactly ``model(optical, sar)`` (METHOD.md eqs. 1-12) in normalized units:
+The graph computes exactly ``model(optical, sar)`` (eqs. 1-12, docs/method.md) in normalized units:
 inputs ``optical`` (N, 13, T, T) and ``sar`` (N, 2, T, T) float32, output ``optical_clear``
 (N, 13, T, T) float32; static tile T, dynamic batch N (or a static one with ``batch=N``).
 

@@ -1,4 +1,4 @@
-"""CARF: the Cloud-Attentive Reconstruction Framework (METHOD.md, eqs. 1-12).
+"""CARF: the Cloud-Attentive Reconstruction Framework (eqs. 1-12; docs/method.md).
 
 Data flow for optical (N, 13, H, W) and SAR (N, 2, H, W), both normalized to [0, 1]:
 

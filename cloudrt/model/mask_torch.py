@@ -1,4 +1,4 @@
-"""The paper's cloud mask (METHOD.md eqs. 13-16) on torch tensors, identical to ``cloudrt.preprocess.mask.cloud_mask``.
+"""The paper's cloud mask (eqs. 13-16) on torch tensors, identical to ``cloudrt.preprocess.mask.cloud_mask``.
 
 For the training loss (eqs. 17-18): it runs on the tensor's device, in int64 for integer input and float64
 for float input, with the same exact integer-form inequalities as :mod:`cloudrt.preprocess.mask` (shared code), so

@@ -19,7 +19,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "carf-tiny": dict(scale=4, channels=32, growth=16, rdb_layers=2, num_rdb=3, num_stages=2,
                       heads=2, window=8, irn_channels=16),
     # The shipped demo model: trainable on a CPU in under an hour, deployable at the edge.
-    "carf-small": dict(scale=4, channels=48, growth=24, rdb_layers=3, num_rdb=3, num_stages=3,
+    "carf-small": dict(scale=4, channels=48, growth=16, rdb_layers=3, num_rdb=3, num_stages=3,
                        heads=3, window=8, irn_channels=16),
     # The paper's design at a practical size: s=2, 64 channels, J=3, N=4. Size divisor 16.
     "carf-base": dict(scale=2, channels=64, growth=32, rdb_layers=4, num_rdb=3, num_stages=4,

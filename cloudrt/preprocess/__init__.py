@@ -1,5 +1,5 @@
 """Preprocessing in NumPy (no torch, no rasterio): normalization (:mod:`.normalize`) and the cloud and
-shadow masks (:mod:`.mask`, METHOD.md eqs. 13-16)."""
+shadow masks (:mod:`.mask`, eqs. 13-16, docs/method.md)."""
 
 from __future__ import annotations
 

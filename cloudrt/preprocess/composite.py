@@ -48,11 +48,12 @@ SNOW_NDSI_RAMP = (0.6, 0.4)  # haze evidence is void over snow (bright blue, dar
 CIRRUS_RAMP = (0.05, 0.12)
 SHADOW_CSI_RAMP = (0.12, 0.06)
 SHADOW_REACH = 40  # pixels (400 m at 10 m): how far from thick cloud a dark pixel may be its shadow
+OPEN = 5  # grey opening: bright roofs and single dark pixels narrower than this are not cloud
 DILATE = 5
 SIGMA = 2.0
 KEEP_BELOW = 0.02
 #: Context a tile of the weight needs on each side to equal the whole-scene result.
-HALO = SHADOW_REACH + DILATE // 2 + int(4 * SIGMA) + 2
+HALO = SHADOW_REACH + 2 + 2 * (OPEN // 2) + DILATE // 2 + int(4 * SIGMA) + 2  # shadow search, erosion, opening, dilation, blur
 
 
 def ramp(x: np.ndarray, a: float, b: float) -> np.ndarray:
@@ -60,11 +61,11 @@ def ramp(x: np.ndarray, a: float, b: float) -> np.ndarray:
     return np.clip((x - a) / (b - a), 0.0, 1.0)
 
 
-def cloud_evidence(dn: np.ndarray) -> dict[str, np.ndarray]:
+def cloud_evidence(dn: np.ndarray, valid: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-pixel evidence maps in [0, 1], float32 (H, W): ``thick``, ``haze``, ``cirrus``, ``shadow``.
 
     ``dn``: (13, H, W) Sentinel-2 L1C digital numbers (reflectance x 10000), any real dtype. Non-finite
-    pixels get no evidence (they are nodata; the caller keeps its input there).
+    pixels and pixels where ``valid`` is False (nodata) give no evidence, so they never spread weight.
     """
     x = {i: np.nan_to_num(dn[i].astype(np.float32) / np.float32(S2_SCALE)) for i in (B1, B2, B3, B4, B8, B10, B11)}
     score = np.minimum.reduce([
@@ -77,22 +78,26 @@ def cloud_evidence(dn: np.ndarray) -> dict[str, np.ndarray]:
     ndsi = np.where(s > 0, (x[B3] - x[B11]) / np.where(s > 0, s, 1.0), 0.0)
     score = np.minimum(score, (ndsi - 0.8) / (0.6 - 0.8))  # snow is not cloud
     ratio = x[B11] / np.maximum(x[B2], 1e-4)
-    thick = ramp(score, *THICK_RAMP) * ramp(ratio, *GROUND_RATIO_RAMP)
-    haze = ramp(x[B2] - 0.5 * x[B4] - 0.08, *HOT_RAMP) * ramp(ndsi, *SNOW_NDSI_RAMP)
-    cirrus = ramp(x[B10], *CIRRUS_RAMP)
+    ok = np.isfinite(dn[[B1, B2, B3, B4, B8, B10, B11]]).all(axis=0)
+    if valid is not None:
+        ok &= valid
+    thick = ramp(score, *THICK_RAMP) * ramp(ratio, *GROUND_RATIO_RAMP) * ok
+    haze = ramp(x[B2] - 0.5 * x[B4] - 0.08, *HOT_RAMP) * ramp(ndsi, *SNOW_NDSI_RAMP) * ok
+    cirrus = ramp(x[B10], *CIRRUS_RAMP) * ok
     core = ndimage.binary_erosion(thick > 0.6, iterations=2)  # real cloud bodies, not bright roofs
     near = ndimage.maximum_filter(core, size=2 * SHADOW_REACH + 1, mode="constant", cval=0)
-    shadow = ramp((x[B8] + x[B11]) / 2, *SHADOW_CSI_RAMP) * near
+    shadow = ramp((x[B8] + x[B11]) / 2, *SHADOW_CSI_RAMP) * near * ok
     out = {"thick": thick, "haze": haze, "cirrus": cirrus, "shadow": shadow}
     return {k: v.astype(np.float32) for k, v in out.items()}
 
 
-def composite_weight(dn: np.ndarray, return_confidence: bool = False):
+def composite_weight(dn: np.ndarray, return_confidence: bool = False, valid: np.ndarray | None = None):
     """Compositing weight (H, W) float32 in [0, 1] for a (13, H, W) DN stack; with ``return_confidence``
-    also the confidence band (H, W) uint8 0-100 (see the module docstring)."""
-    ev = cloud_evidence(dn)
+    also the confidence band (H, W) uint8 0-100 (see the module docstring). ``valid``: pixels that hold
+    data (nodata pixels give no evidence)."""
+    ev = cloud_evidence(dn, valid)
     raw = np.maximum.reduce([ev["thick"], ev["haze"], ev["cirrus"], ev["shadow"]])
-    raw = ndimage.grey_opening(raw, size=(3, 3), mode="nearest")  # drop isolated bright or dark pixels
+    raw = ndimage.grey_opening(raw, size=(OPEN, OPEN), mode="nearest")  # drop small bright or dark features
     w = ndimage.grey_dilation(raw, size=(DILATE, DILATE), mode="nearest")
     w = ndimage.gaussian_filter(w, SIGMA, mode="nearest", truncate=4.0)
     w = np.where(w < KEEP_BELOW, 0.0, np.minimum(w, 1.0)).astype(np.float32)

@@ -1,11 +1,11 @@
-"""Cloud and cloud-shadow masks on Sentinel-2 L1C digital numbers (METHOD.md eqs. 13-16).
+"""Cloud and cloud-shadow masks on Sentinel-2 L1C digital numbers (eqs. 13-16, docs/method.md).
 
 NumPy + SciPy only; this module never imports torch. The torch twin of the paper mask is
 :mod:`cloudrt.model.mask_torch`.
 
 Exact arithmetic for the paper mask
 -----------------------------------
-METHOD.md writes the score on reflectance x = DN / 10000 with ``rescale(x, a, b) = (x - a) / (b - a)``.
+The paper (docs/method.md) writes the score on reflectance x = DN / 10000 with ``rescale(x, a, b) = (x - a) / (b - a)``.
 With T_cloud = 0.2 every term's threshold lands on a whole DN::
 
     rescale(B2 / 1e4, 0.1, 0.5)            > 0.2  <=>  B2           > 1800
@@ -149,14 +149,14 @@ def cloud_score(dn: np.ndarray) -> np.ndarray:
 def cloud_mask(dn: np.ndarray, method: str = "paper") -> np.ndarray:
     """Boolean cloud mask (H, W) from a (13, H, W) Sentinel-2 L1C DN stack (True = cloud).
 
-    ``method="paper"`` (default): METHOD.md eqs. 13-16 exactly, T_cloud = 0.2, M' = M where NDSI < 0.6,
+    ``method="paper"`` (default): eqs. 13-16 exactly, T_cloud = 0.2, M' = M where NDSI < 0.6,
     evaluated in exact integer arithmetic (see the module docstring). ``method="sen12mscr"``: the
     dataset tool's form, :func:`cloud_score` ``>= 0.2`` (the tool binarizes with ``>=``); smoother, it
     closes gaps and grows cloud edges by a few pixels. Pixels with NaN/inf in a used band are False.
     Accepts uint8/uint16/int16/uint32/int32/float32/float64 DN.
 
     Agreement with the masks distributed with the 8 ``oriolac_*`` SEN12MS-CR patches
-    (``shared/data/sen12mscr-samples/cloudmask``, not made by either formula): fraction of equal pixels
+    (their ``cloudmask/`` folder, not made by either formula): fraction of equal pixels
     per 256 x 256 patch, and the cloud fraction each mask gives (measured with this code)::
 
         patch   dataset  paper   (cloud)  sen12mscr (cloud)

@@ -16,7 +16,7 @@ from cloudrt.preprocess.mask import METHODS, cloud_mask
 from cloudrt.preprocess.normalize import check_optical, check_sar
 from cloudrt.runtime.backends import load_backend
 from cloudrt.runtime.base import Backend
-from cloudrt.scene.driver import DEFAULT_FEATHER, PANEL, Progress, run_scene
+from cloudrt.scene.driver import PANEL, Progress, run_scene
 from cloudrt.scene.io import (
     DEFAULT_COMPRESS,
     atomic_output,
@@ -55,31 +55,31 @@ class Runtime:
     ``backend``: ``auto`` (fastest available; see :attr:`backend_name`), ``tensorrt``, ``onnxruntime``,
     ``cuda``, ``cpu`` or ``torch``. ``tile`` (default: the model's), ``overlap`` (default
     :func:`default_overlap`), ``batch`` (tiles per backend call). ``mask_method``: ``paper`` or
-    ``sen12mscr`` (:func:`cloudrt.preprocess.mask.cloud_mask`); ``feather``: compositing edge width in pixels.
+    ``sen12mscr`` (:func:`cloudrt.preprocess.mask.cloud_mask`), the binary mask reported beside the soft
+    compositing weight (:mod:`cloudrt.preprocess.composite`).
 ``panel``: core columns per vertical panel of wide scenes (default :data:`cloudrt.scene.driver.PANEL`;
 results are identical for any value, memory grows with it). File scenes run with GDAL's block cache capped
-(:func:`cloudrt.scene.io.gdal_env`) unless ``GDAL_CACHEMAX`` is set. ``threaded``: read ahead and composite,
-cast and write behind the model in two threads (:mod:`cloudrt.scene.pipeline`); bit-identical results.
+(:func:`cloudrt.scene.io.gdal_env`) unless ``GDAL_CACHEMAX`` is set. ``threaded``: composite, cast and write
+(compress) behind the model in a second thread; ``read_ahead``: read the next rows in a third one
+(:func:`cloudrt.scene.driver.run_scene`); bit-identical results either way.
 
     One instance may be shared by several threads: :meth:`predict` keeps no state between calls.
     """
 
     def __init__(self, model: Any = None, backend: str = "auto", device: str | None = None,
                  tile: int | None = None, overlap: int | None = None, batch: int | None = None,
-                 mask_method: str = "paper", feather: int = DEFAULT_FEATHER, panel: int | None = None,
-                 threaded: bool = True) -> None:
+                 mask_method: str = "paper", panel: int | None = None,
+                 threaded: bool = True, read_ahead: bool = False) -> None:
         if mask_method not in METHODS:
             raise InputError(f"unknown cloud-mask method {mask_method!r}; use one of {', '.join(METHODS)}.")
         if tile is not None and tile < 1:
             raise InputError(f"tile must be a positive number of pixels, got {tile}; pass e.g. --tile 256.")
         if batch is not None and batch < 1:
             raise InputError(f"batch must be >= 1, got {batch}; pass e.g. --batch 4.")
-        if feather < 0:
-            raise InputError(f"feather must be >= 0 pixels, got {feather}.")
         if panel is not None and panel < 1:
             raise InputError(f"panel must be >= 1 column, got {panel}; pass e.g. panel=2048.")
         self.panel = PANEL if panel is None else int(panel)
-        self.threaded = bool(threaded)
+        self.threaded, self.read_ahead = bool(threaded), bool(read_ahead)
         self.backend: Backend = load_backend(model, backend, device, batch)
         self.requested_backend = backend
         self.tile = self.backend.resolve_tile(tile)
@@ -98,7 +98,6 @@ cast and write behind the model in two threads (:mod:`cloudrt.scene.pipeline`); 
         if cap:
             self.batch = min(self.batch, cap)
         self.mask_method = mask_method
-        self.feather = int(feather)
         log.info("cloudrt runtime: %s", self.describe())
 
     # -- introspection -------------------------------------------------------------------------------
@@ -130,12 +129,16 @@ cast and write behind the model in two threads (:mod:`cloudrt.scene.pipeline`); 
 
     def predict(self, optical_dn: np.ndarray, sar_db: np.ndarray, *, mask: np.ndarray | None = None,
                 composite: bool = True, nodata: float | None = None, sar_nodata: float | None = None,
-                progress: Progress | None = None) -> np.ndarray:
+                progress: Progress | None = None, return_confidence: bool = False) -> Any:
         """Cloud-free (13, H, W) float32 DN from optical (13, H, W) DN and SAR (2, H, W) dB, any H and W.
 
-        ``mask``: a (H, W) cloud mask to composite with (default: computed with ``mask_method``);
-        ``composite=False`` returns the raw (blended) model output everywhere. Pixels that are NaN/inf or
-        ``nodata`` in the optical input come back as ``nodata`` (NaN when ``nodata`` is None).
+        The output is ``w * model + (1 - w) * input`` with the soft weight ``w`` of
+        :mod:`cloudrt.preprocess.composite` (0 where the ground shows clearly: those pixels come back
+        unchanged). ``mask``: your own (H, W) cloud mask to composite with instead; ``composite=False``
+        returns the raw (blended) model output everywhere. ``return_confidence``: also return the
+        confidence band, (H, W) uint8 0-100 (100 observed, 0 reconstructed with no optical evidence left).
+        Pixels that are NaN/inf or ``nodata`` in the optical input come back as ``nodata`` (NaN when
+        ``nodata`` is None).
         """
         optical_dn, sar_db = np.asarray(optical_dn), np.asarray(sar_db)
         check_optical(optical_dn)
@@ -151,42 +154,49 @@ cast and write behind the model in two threads (:mod:`cloudrt.scene.pipeline`); 
                 raise InputError(f"mask has shape {mask.shape}; expected {optical_dn.shape[1:]} (H, W).")
         src = ArraySource(optical_dn, sar_db, nodata, sar_nodata, mask)
         check_has_valid(src)
-        sink = ArraySink(len(S2_BANDS), src.height, src.width, nodata, want_mask=False)
-        self._run(src, sink, composite=composite, want_mask=False, progress=progress)
-        return sink.out
+        sink = ArraySink(len(S2_BANDS), src.height, src.width, nodata, want_mask=return_confidence)
+        self._run(src, sink, composite=composite, want_mask=return_confidence, progress=progress)
+        return (sink.out, sink.confidence) if return_confidence else sink.out
 
     # -- files ---------------------------------------------------------------------------------------
     def predict_file(self, optical: str | os.PathLike, sar: str | os.PathLike, output: str | os.PathLike, *,
                      mask_out: str | os.PathLike | None = None, composite: bool = True, align: bool = False,
                      overwrite: bool = False, progress: Progress | None = None, compress: str = DEFAULT_COMPRESS,
-                     compress_level: int | None = None) -> dict[str, Any]:
-        """Stream an S2/S1 GeoTIFF pair into ``output`` (and the cloud mask into ``mask_out``), compressed with
-        ``compress`` at ``compress_level`` (:func:`cloudrt.scene.io.output_profile`)."""
+                     compress_level: int | None = None,
+                     confidence_out: str | os.PathLike | None = None) -> dict[str, Any]:
+        """Stream an S2/S1 GeoTIFF pair into ``output``, compressed with ``compress`` at ``compress_level``
+        (:func:`cloudrt.scene.io.output_profile`). ``mask_out``: band 1 the cloud mask (0 clear, 1 cloud,
+        255 nodata), band 2 the compositing weight in percent (what was replaced); ``confidence_out``: the
+        confidence band, uint8 0-100 (:func:`cloudrt.preprocess.composite.confidence`)."""
         check_compression(compress, compress_level)
-        for p in (output, mask_out):
+        for p in (output, mask_out, confidence_out):
             if p is not None:
                 check_output_path(p, overwrite, inputs=(optical, sar))
         with gdal_env(), open_scene(optical, sar, align=align) as src:
             return self.predict_source(src, output, mask_out=mask_out, composite=composite,
                                        overwrite=overwrite, progress=progress, compress=compress,
-                                       compress_level=compress_level)
+                                       compress_level=compress_level, confidence_out=confidence_out)
 
     def predict_source(self, src: RasterSource, output: str | os.PathLike | None, *,
                        mask_out: str | os.PathLike | None = None, composite: bool = True,
                        overwrite: bool = False, progress: Progress | None = None, compress: str = DEFAULT_COMPRESS,
-                       compress_level: int | None = None) -> dict[str, Any]:
+                       compress_level: int | None = None,
+                       confidence_out: str | os.PathLike | None = None) -> dict[str, Any]:
         """Like :meth:`predict_file` for an already opened and validated :class:`RasterSource`."""
         codec = dict(zip(("compress", "level"), check_compression(compress, compress_level), strict=True))
         ods = src.ods
         dtype = np.dtype(ods.dtypes[0])
         nodata = ods.nodata
         with contextlib.ExitStack() as stack:
-            stack.enter_context(gdal_env())  # entered first, left last: bounds the cache for reads and writes
+            # entered first, left last: bounds the cache for reads and writes (plus one JPEG 2000 tile row of a SAFE)
+            stack.enter_context(gdal_env(getattr(src.ods, "cache_bytes", 0)))
             # temporary names first, writers second: the writers are closed (flushed) before either file is
             # renamed into place, and any failure removes both
             tmp = stack.enter_context(atomic_output(output, overwrite)) if output is not None else None
             mtmp = stack.enter_context(atomic_output(mask_out, overwrite)) if mask_out is not None else None
-            dst = mdst = None
+            ctmp = (stack.enter_context(atomic_output(confidence_out, overwrite))
+                    if confidence_out is not None else None)
+            dst = mdst = cdst = None
             if tmp is not None:
                 dst = stack.enter_context(open_writer(tmp, output_profile(ods, len(S2_BANDS), dtype.name, nodata,
                                                                         **codec)))
@@ -198,10 +208,17 @@ cast and write behind the model in two threads (:mod:`cloudrt.scene.pipeline`); 
                             cloudrt_composite=str(composite), cloudrt_mask_method=self.mask_method)
                 dst.update_tags(**tags)
             if mtmp is not None:
-                mdst = stack.enter_context(open_writer(mtmp, output_profile(ods, 1, "uint8", 255, **codec)))
+                mdst = stack.enter_context(open_writer(mtmp, output_profile(ods, 2, "uint8", 255, **codec)))
                 mdst.set_band_description(1, f"cloud mask ({self.mask_method}): 0 clear, 1 cloud, 255 nodata")
-            sink = RasterSink(dst, mdst, dtype, nodata)
-            stats = self._run(src, sink, composite=composite, want_mask=mdst is not None, progress=progress)
+                mdst.set_band_description(2, "compositing weight, percent of the output taken from the model "
+                                             "(0 = input kept), 255 nodata")
+            if ctmp is not None:
+                cdst = stack.enter_context(open_writer(ctmp, output_profile(ods, 1, "uint8", 255, **codec)))
+                cdst.set_band_description(1, "confidence 0-100: 100 observed, 0 reconstructed with no optical "
+                                             "evidence left, 255 nodata")
+            sink = RasterSink(dst, mdst, dtype, nodata, conf_dst=cdst)
+            stats = self._run(src, sink, composite=composite, want_mask=mdst is not None or cdst is not None,
+                              progress=progress)
             # leaving the stack closes the writers, then renames the temporary files into place
         return stats
 
@@ -209,5 +226,6 @@ cast and write behind the model in two threads (:mod:`cloudrt.scene.pipeline`); 
     def _run(self, src: Any, sink: Any, *, composite: bool, want_mask: bool,
              progress: Progress | None) -> dict[str, Any]:
         return run_scene(src, self.backend.run, sink, tile=self.tile, overlap=self.overlap, batch=self.batch,
-                         composite=composite, mask_method=self.mask_method, feather=self.feather,
-                         want_mask=want_mask, panel=self.panel, progress=progress, threaded=self.threaded)
+                         composite=composite, mask_method=self.mask_method,
+                         want_mask=want_mask, panel=self.panel, progress=progress, threaded=self.threaded,
+                         read_ahead=self.read_ahead)

@@ -1,4 +1,4 @@
-"""Whole-scene processing: row-streamed sources and sinks, the per-scene cloud mask, feathered compositing.
+"""Whole-scene processing: row-streamed sources and sinks, the per-scene cloud mask, soft compositing.
 
 The pipeline (all NumPy; rasterio only for files):
 
@@ -6,10 +6,10 @@ The pipeline (all NumPy; rasterio only for files):
    convention, :mod:`cloudrt.preprocess.normalize`), runs the backend on batches of tiles and yields finished,
    blended rows of the prediction.
 2. Rows are collected into output blocks of :data:`cloudrt.scene.io.BLOCK` rows. For each block the optical input
-   is re-read with a halo, the cloud mask is computed on it (the halo makes the windowed mask equal to the
-   whole-scene mask, including the sen12mscr method's filters), feathered by distance, and the prediction is
-   composited: ``out = a * pred + (1 - a) * input`` with ``a = 1`` on clouds falling linearly to 0 at
-   ``feather + 1`` pixels outside them, so clear pixels keep the input exactly.
+   is re-read with a halo, the cloud mask and the soft compositing weight ``w`` are computed on it (the halo
+   makes the windowed results equal to the whole-scene ones), and the prediction is composited:
+   ``out = w * pred + (1 - w) * input`` (:mod:`cloudrt.preprocess.composite`: continuous cloud, haze, cirrus
+   and shadow evidence), so pixels that show the ground clearly (``w == 0``) keep the input exactly.
 3. Blocks are written in order (whole rows of GeoTIFF tiles, so every tile is compressed once).
 
 Memory is ``O(panel * (tile + block))``: independent of the scene size. Rows stream; a scene wider than
@@ -28,6 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from cloudrt.errors import InputError
+from cloudrt.preprocess import composite as soft
 from cloudrt.preprocess.mask import cloud_mask
 from cloudrt.preprocess.normalize import denormalize_optical, normalize_optical, normalize_sar, valid_mask
 from cloudrt.scene.io import BLOCK
@@ -38,21 +39,29 @@ from cloudrt.scene.tiling import BatchRunner, blend_rows, panel_cores, panel_win
 
 MASK_CLEAR, MASK_CLOUD, MASK_SHADOW, MASK_NODATA = 0, 1, 2, 255
 MASK_HALO = 8  # >= the reach of the sen12mscr mask filters (5x5 closing + 7x7 mean) and the 5x5 median
-DEFAULT_FEATHER = 8
+WEIGHT_HALO = max(MASK_HALO, soft.HALO)  # the compositing weight's reach (shadow search, dilation, blur)
 COL_CHUNK = 512  # columns per chunk for normalization, masks and compositing (bounds the temporaries)
 PANEL = 2048  # core columns per vertical panel of a wide scene (whole 256-px output blocks); bounds the memory
 Progress = Callable[[int, int], None]
 
 
-def feather_alpha(cloud: np.ndarray, width: int) -> np.ndarray:
-    """Compositing weight (H, W) float32: 1 on cloud, ``1 - d / (width + 1)`` at distance ``d`` px outside,
-    0 from ``width + 1`` px on (Euclidean distance transform)."""
-    if not cloud.any():
-        return np.zeros(cloud.shape, dtype=np.float32)
-    if width <= 0:
-        return cloud.astype(np.float32)
-    d = ndimage.distance_transform_edt(~cloud)
-    return np.clip(1.0 - d / (width + 1.0), 0.0, 1.0).astype(np.float32)
+def window_weight(raw: np.ndarray, valid: np.ndarray, given: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Compositing weight (float32) and confidence (uint8 0-100) of a haloed window.
+
+    Without a given mask: :func:`cloudrt.preprocess.composite.composite_weight`. With one (the user's own
+    cloud mask), the weight is that mask softened by the same Gaussian, and the cloud is taken as opaque
+    (confidence ``100 (1 - w)``). Invalid pixels get weight 0 and confidence 100 (nothing is invented there).
+    """
+    if given is None:
+        with np.errstate(invalid="ignore"):
+            w, conf = soft.composite_weight(raw, return_confidence=True, valid=valid)
+    else:
+        w = ndimage.gaussian_filter(np.asarray(given, dtype=np.float32), soft.SIGMA, mode="nearest")
+        w = np.where(w < soft.KEEP_BELOW, 0.0, np.minimum(w, 1.0)).astype(np.float32)
+        conf = soft.confidence(w, np.ones_like(w))
+    w[~valid] = 0.0
+    conf[~valid] = 100
+    return w, conf
 
 
 def haloed_windows(src: Any, a: int, b: int, halo: int, chunk: int, lo: int = 0,
@@ -126,13 +135,13 @@ def run_scene(
     batch: int,
     composite: bool = True,
     mask_method: str = "paper",
-    feather: int = DEFAULT_FEATHER,
     want_mask: bool = False,
     block: int | None = None,
     chunk: int = COL_CHUNK,
     panel: int | None = None,
     progress: Progress | None = None,
     threaded: bool = True,
+    read_ahead: bool = False,
 ) -> dict[str, Any]:
     """Predict the whole scene of ``src`` into ``sink`` by row blocks (see the module docstring).
 
@@ -141,18 +150,20 @@ def run_scene(
     tile (or mask halo) wider than its core on both sides and writes only its core columns, which equal the
     single-pass result, so memory does not depend on the scene's width either. ``progress(done, height)``
     counts rows-equivalents (done pixels / width). Returns a summary: valid and cloudy pixel counts, tiles
-    run (panel margins included), panels, seconds, cloud fraction. ``threaded``: read ahead and write behind
-    in two threads beside the model (:mod:`cloudrt.scene.pipeline`); the output is bit-identical to
-    ``threaded=False``.
+    run (panel margins included), panels, seconds, cloud fraction. ``threaded``: composite, cast and write
+    (compress) in a write-behind thread beside the model; ``read_ahead`` also reads the next rows in a
+    third thread (:mod:`cloudrt.scene.pipeline`; off by default: measured +15 % peak RSS for wide scenes,
+    glibc's per-thread arenas, for no gain on 2 cores). The output is bit-identical either way.
     """
     if threaded:
-        src = LockedSource(src)  # read by the read-ahead and the write-behind thread
+        src = LockedSource(src)  # read by the inference (or read-ahead) and the write-behind thread
     height, width = src.height, src.width
     block = block or BLOCK
     need_mask = composite or want_mask
-    halo = max(feather, 0) + MASK_HALO if need_mask else 0
+    halo = WEIGHT_HALO if need_mask else 0
     cores = panel_cores(width, PANEL if panel is None else int(panel), block)
-    stats: dict[str, Any] = {"pixels": height * width, "valid": 0, "cloud": 0, "tiles": 0, "panels": len(cores)}
+    stats: dict[str, Any] = {"pixels": height * width, "valid": 0, "cloud": 0, "weight": 0.0, "tiles": 0,
+                             "panels": len(cores)}
     t0 = time.perf_counter()
     done_px = 0
 
@@ -172,19 +183,22 @@ def run_scene(
                 progress((_done + rows * _w) // width, height)
 
         _run_panel(view, counted_run, sink, c0 - x0, c1 - x0, x0, stats, tile=tile, overlap=overlap, batch=batch,
-                   composite=composite, mask_method=mask_method, feather=feather, want_mask=want_mask,
-                   block=block, chunk=chunk, halo=halo, progress=panel_progress, threaded=threaded)
+                   composite=composite, mask_method=mask_method, want_mask=want_mask,
+                   block=block, chunk=chunk, halo=halo, progress=panel_progress, threaded=threaded,
+                   read_ahead=threaded and read_ahead)
         done_px += height * (c1 - c0)
     stats["seconds"] = time.perf_counter() - t0
     stats["cloud_fraction"] = stats["cloud"] / max(1, stats["valid"])
+    stats["replaced_fraction"] = stats["weight"] / max(1, stats["valid"])  # mean compositing weight
     return stats
 
 
 # _run_panel is ~80 lines: the read/normalize/composite closures share the panel's buffers and counters;
 # split apart they would need a class holding the same state.
 def _run_panel(src: Any, run: BatchRunner, sink: Any, lo: int, hi: int, col: int, stats: dict[str, Any], *,
-               tile: int, overlap: int, batch: int, composite: bool, mask_method: str, feather: int,
-               want_mask: bool, block: int, chunk: int, halo: int, progress: Progress, threaded: bool) -> None:
+               tile: int, overlap: int, batch: int, composite: bool, mask_method: str,
+               want_mask: bool, block: int, chunk: int, halo: int, progress: Progress, threaded: bool,
+               read_ahead: bool) -> None:
     """Blend the whole of ``src`` (a scene or a panel window), then mask, composite and write its columns
     ``[lo, hi)`` to ``sink`` columns ``[col + lo, col + hi)`` by output blocks of ``block`` rows."""
     height, width = src.height, src.width
@@ -201,37 +215,42 @@ def _run_panel(src: Any, run: BatchRunner, sink: Any, lo: int, hi: int, col: int
             return normalize_optical(o, src.nodata), normalize_sar(s, src.sar_nodata), valid_mask(o, src.nodata)
 
     out_buf = _RowBuffer(sink.dtype)
-    mask_buf = _RowBuffer(np.dtype(np.uint8)) if want_mask else None
+    mask_buf = _RowBuffer(np.dtype(np.uint8)) if want_mask else None  # planes: mask, weight %, confidence
     written = [0]
 
     def composite_rows(a: int, b: int, pred: np.ndarray) -> None:
-        """Rows [a, b): mask, feather, composite, cast -> the output buffers (by column chunks)."""
+        """Rows [a, b): mask, weight, composite, cast -> the output buffers (by column chunks)."""
         out_rows = np.empty((pred.shape[0], b - a, hi - lo), dtype=sink.dtype)
-        mask_rows = np.empty((b - a, hi - lo), dtype=np.uint8) if want_mask else None
+        mask_rows = np.empty((3, b - a, hi - lo), dtype=np.uint8) if want_mask else None
         for c0, c1, raw_w, valid_w, given_w, core in haloed_windows(src, a, b, halo, chunk, lo, hi):
             raw, valid = raw_w[(slice(None), *core)], valid_w[core]
-            out = denormalize_optical(pred[:, :, c0:c1])
-            cloud = None
+            out = denormalize_optical(pred[:, :, c0:c1], inplace=True)  # pred is not used after this
+            cloud = weight = conf = None
             if need_mask:
-                cloud_w = window_cloud(raw_w, valid_w, given_w, mask_method)
-                cloud = cloud_w[core]
+                cloud = window_cloud(raw_w, valid_w, given_w, mask_method)[core]
                 stats["cloud"] += int(cloud.sum())
+                weight_w, conf_w = window_weight(raw_w, valid_w, given_w)
+                weight, conf = weight_w[core], conf_w[core]
+                stats["weight"] += float(weight.sum())
                 if composite:
-                    alpha = feather_alpha(cloud_w, feather)[core]
-                    if alpha.any():  # out = inp + a (pred - inp), in place: exactly the input where a == 0
+                    if weight.any():  # out = inp + w (pred - inp), in place; exactly the input where w == 0
                         inp = raw.astype(np.float32)
                         out -= inp
-                        out *= alpha
+                        out *= weight
                         out += inp
+                        np.copyto(out, inp, where=(weight == 0)[None])
                     else:
                         out = raw.astype(np.float32)
             out_rows[:, :, c0 - lo : c1 - lo] = cast_output(out, valid, sink.dtype, sink.nodata, inplace=True)
             if mask_rows is not None and cloud is not None:
-                mask_rows[:, c0 - lo : c1 - lo] = np.where(valid, cloud.astype(np.uint8), np.uint8(MASK_NODATA))
+                sl = slice(c0 - lo, c1 - lo)
+                mask_rows[0, :, sl] = np.where(valid, cloud.astype(np.uint8), np.uint8(MASK_NODATA))
+                mask_rows[1, :, sl] = np.where(valid, np.rint(100 * weight).astype(np.uint8), np.uint8(MASK_NODATA))
+                mask_rows[2, :, sl] = np.where(valid, conf if composite else 100, np.uint8(MASK_NODATA))
             stats["valid"] += int(valid.sum())
         out_buf.append(out_rows)
         if mask_buf is not None:
-            mask_buf.append(mask_rows[None])
+            mask_buf.append(mask_rows)
 
     def consume(r0: int, r1: int, pred: np.ndarray) -> None:
         """Composite rows [r0, r1), then write whole output blocks (rows of GeoTIFF tiles) once complete."""
@@ -240,7 +259,7 @@ def _run_panel(src: Any, run: BatchRunner, sink: Any, lo: int, hi: int, col: int
         while written[0] < height and r1 >= min(written[0] + block, height):
             end = min(written[0] + block, height)
             n = end - written[0]
-            sink.write(written[0], end, out_buf.peek(n), mask_buf.peek(n)[0] if mask_buf is not None else None,
+            sink.write(written[0], end, out_buf.peek(n), mask_buf.peek(n) if mask_buf is not None else None,
                        col=col + lo)
             out_buf.drop(n)
             if mask_buf is not None:
@@ -250,7 +269,7 @@ def _run_panel(src: Any, run: BatchRunner, sink: Any, lo: int, hi: int, col: int
 
     cols = None if (lo, hi) == (0, width) else (lo, hi)  # a panel: run only the tiles touching its core
     rows = blend_rows(read, run, height, width, tile, overlap, batch, normalize=normalize, chunk=chunk, cols=cols,
-                      prefetch=threaded)
+                      prefetch=read_ahead)
     with contextlib.closing(rows):  # stops the read-ahead thread on any error
         if not threaded:
             for r0, r1, pred in rows:

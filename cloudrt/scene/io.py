@@ -214,11 +214,14 @@ GDAL_CACHE_MB = 64  # enough for the current read windows and block-aligned writ
 the RSS grow with the rows read); a ``GDAL_CACHEMAX`` environment variable set by the user wins."""
 
 
-def gdal_env() -> Any:
-    """``rasterio.Env`` capping GDAL's block cache to :data:`GDAL_CACHE_MB` unless ``GDAL_CACHEMAX`` is set."""
+def gdal_env(extra_bytes: int = 0) -> Any:
+    """``rasterio.Env`` capping GDAL's block cache to :data:`GDAL_CACHE_MB` (plus ``extra_bytes``, what a
+    source needs cached, e.g. :attr:`cloudrt.scene.safe.SafeReader.cache_bytes`) unless ``GDAL_CACHEMAX`` is
+    set."""
     if os.environ.get("GDAL_CACHEMAX"):
         return rasterio.Env()
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20)  # rasterio hands the number to GDAL as bytes
+    # rasterio hands the number to GDAL as bytes
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20 + max(0, int(extra_bytes)))
 
 
 def band_descriptions(ds: Any, default: tuple[str, ...]) -> tuple[str, ...]:

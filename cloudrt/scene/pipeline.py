@@ -58,14 +58,17 @@ class LockedSource:
 class WriteBehind:
     """Call ``consume(*item)`` for every :meth:`put` item in one worker thread, in order.
 
-    At most ``depth`` items wait (bounded memory). An exception in ``consume`` stops the worker and is
+    At most ``depth`` items are handed over and not yet consumed: with the default 1, :meth:`put` waits until
+    the worker finished the previous item, so besides the worker's item only the caller's next one exists
+    (bounded, small memory: the overlap needs no more). An exception in ``consume`` stops the worker and is
     raised in the caller's thread by the next :meth:`put` or by leaving the ``with`` block; an exception in
     the caller stops the worker after its current item. Use as a context manager.
     """
 
     def __init__(self, consume: Callable[..., None], depth: int = 1) -> None:
         self._consume = consume
-        self._q: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+        self._q: queue.Queue[Any] = queue.Queue()
+        self._slots = threading.BoundedSemaphore(max(1, depth))
         self._error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name="cloudrt-write", daemon=True)
@@ -92,6 +95,8 @@ class WriteBehind:
             except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
                 self._error = e
                 return
+            del item
+            self._slots.release()
 
     def put(self, *item: Any) -> None:
         """Queue ``item`` (blocks while ``depth`` items wait); raises the worker's error if it failed."""
@@ -103,11 +108,9 @@ class WriteBehind:
                 raise self._error
             if not self._thread.is_alive():
                 raise RuntimeError("the write-behind thread stopped unexpectedly")
-            try:
-                self._q.put(item, timeout=0.05)
+            if item is _DONE or self._slots.acquire(timeout=0.05):
+                self._q.put(item)
                 return
-            except queue.Full:
-                continue
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:

@@ -181,9 +181,9 @@ def blend_rows(
     tiles than ``batch`` (small scenes). ``normalize`` turns raw rows into model units by column chunks of
     ``chunk`` pixels, written straight into the padded window (no full-width temporaries). ``cols=(lo, hi)``
     runs only the tiles touching scene columns ``[lo, hi)``: those columns are exact, the others are not
-    (a panel's discarded margin). ``prefetch``: read and normalize the next group of tile rows in a worker
-    thread while the backend runs this one (GDAL and NumPy release the GIL; ``read`` must then be safe to
-    call from that thread); the results are identical.
+    (a panel's discarded margin). ``prefetch``: read the next group of tile rows in a worker thread while
+    the backend runs this one (GDAL releases the GIL; ``read`` must then be safe to call from that thread);
+    the results are identical.
     """
     ty, tx = AxisTiling(height, tile, overlap), AxisTiling(width, tile, overlap)
     s, m = ty.stride, ty.margin
@@ -196,19 +196,22 @@ def blend_rows(
     rows_per_group = max(1, batch // max(1, len(col_origins)))
     groups = [(j, min(rows_per_group, ty.count - j)) for j in range(0, ty.count, rows_per_group)]
 
-    def prepare(j: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The normalized, padded window of tile rows [j, j + k): padded rows [j s, (j + k - 1) s + tile)."""
+    def read_group(j: int, k: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+        """The raw rows of tile rows [j, j + k) (padded rows [j s, (j + k - 1) s + tile)) and their row map."""
         row_map = reflect_index(np.arange(j * s, (j + k - 1) * s + tile) - m, height)
         lo, hi = int(row_map.min()), int(row_map.max()) + 1
-        return _window(read(lo, hi), row_map - lo, col_map, pad_cols, tx.margin, normalize, chunk)
+        return read(lo, hi), row_map - lo
 
-    windows = _Prefetch(prepare, groups) if prefetch else (prepare(j, k) for j, k in groups)
+    # the read-ahead thread only reads (GDAL decompresses without the GIL); the normalized float32 window,
+    # twice the size of the raw rows, is made here, so at most one window exists at a time
+    raws = _Prefetch(read_group, groups) if prefetch else (read_group(j, k) for j, k in groups)
+    windows = (_window(raw, rows, col_map, pad_cols, tx.margin, normalize, chunk) for raw, rows in raws)
     try:
         yield from _blend_groups(windows, groups, run, height, width, tile, weight, tx, bands_out, batch,
                                  col_origins)
     finally:
-        if isinstance(windows, _Prefetch):
-            windows.close()
+        if isinstance(raws, _Prefetch):
+            raws.close()
 
 
 def _blend_groups(windows: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]], groups: list[tuple[int, int]],

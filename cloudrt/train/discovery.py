@@ -11,7 +11,7 @@ Two on-disk layouts are detected automatically by :func:`find_samples`:
   Files are matched by *file name* anywhere below the root (the folder nesting of unpacked archives
   varies), keyed on (region ``ROIs1158_spring``, scene ``26``, patch ``100``).
 - **flat** folders ``s1/``, ``s2/``, ``s2_cloudy/`` and optional ``cloudmask/``, ``reference/`` holding
-  ``NAME.tif`` files (``shared/data/sen12mscr-samples``; ``shared/data/s2-pairs`` has no ``s1/``). Region,
+  ``NAME.tif`` files (e.g. a ``sen12mscr-samples`` folder; an S2-only ``s2-pairs`` folder has no ``s1/``). Region,
   scene and patch are parsed from names like ``ROIs1970_fall_139_p839`` or ``ROIs1158_spring_s2_26_p100``;
   any other name (``oriolac_316``) is its own region with an empty scene, i.e. its own split group.
 
@@ -151,7 +151,8 @@ def _find_official(root: Path) -> list[Sample]:
     return out
 
 
-def _read(path: Path) -> np.ndarray:
+def read_raster(path: Path) -> np.ndarray:
+    """All bands of a raster file as an array; one-line InputError if it cannot be read."""
     try:
         with warnings.catch_warnings():  # oriolac_* patches carry no georeferencing; that is fine here
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
@@ -168,15 +169,15 @@ def load_sample(sample: Sample) -> dict[str, np.ndarray]:
     for kind in ("s2", "s2_cloudy", "reference"):
         p = getattr(sample, kind)
         if p is not None:
-            a = _read(p)
+            a = read_raster(p)
             check_optical(a)
             out[kind] = a
     if sample.s1 is not None:
-        a = _read(sample.s1)
+        a = read_raster(sample.s1)
         check_sar(a)
         out["s1"] = a.astype(np.float32, copy=False)
     if sample.cloudmask is not None:
-        out["cloudmask"] = _read(sample.cloudmask)[0] > 0
+        out["cloudmask"] = read_raster(sample.cloudmask)[0] > 0
     shapes = {k: v.shape[-2:] for k, v in out.items()}
     if len(set(shapes.values())) > 1:
         raise InputError(

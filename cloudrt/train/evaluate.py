@@ -4,7 +4,7 @@ For every patch with S1 + cloudy S2 + clear S2 the model's prediction, the ident
 input itself) and, where ``reference/NAME.tif`` exists, a peer model's prediction are scored against the
 clear target. Results: the mean over patches, per patch, and by cloud-cover bin, where cloud cover is the
 fraction of ``cloudmask/NAME.tif`` pixels > 0 when present, else of :func:`cloudrt.preprocess.mask.cloud_mask`
-(METHOD.md eqs. 13-16) on the cloudy input.
+(eqs. 13-16, docs/method.md) on the cloudy input.
 
 torch is needed only to run a torch model; with ``predict_fn`` the evaluation is NumPy (+ kornia for SSIM).
 """

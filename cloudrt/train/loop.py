@@ -35,6 +35,7 @@ from cloudrt.model.torch_backend import torch_device
 from cloudrt.train.dataset import PatchDataset
 from cloudrt.train.discovery import find_samples
 from cloudrt.train.loss import CloudAwareLoss
+from cloudrt.train.mix import MixDataset, load_npz, records_from_folders
 from cloudrt.train.splits import split_samples
 
 
@@ -65,6 +66,12 @@ class TrainConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     log_every: int = 10
     schedule: str = "constant"  # "constant" (paper) or "cosine" (decay to 1% over the run)
+    mix: bool = False  # the demo mix (cloudrt.train.mix): real, identity and synthetic (haze + shadow) examples
+    npz: str | None = None  # mix records from one .npz (cloudrt.train.mix.save_npz) instead of the folders
+    sam_weight: float = 0.0  # weight of the spectral-angle term added to eq. 18 (0 = the paper's loss)
+    p_real: float = 0.5  # mix: probability of a real cloudy input
+    p_identity: float = 0.15  # mix: probability of a clear input that must come back unchanged
+    sar_dropout: float = 0.2  # mix: probability that a triplet's SAR is zeroed
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -89,7 +96,15 @@ def seed_everything(seed: int) -> None:
 
 
 def build_datasets(cfg: TrainConfig) -> tuple[Any, list[str]]:
-    """Training dataset from the triplet folders (split by region/scene) plus S2-only folders."""
+    """Training dataset from the triplet folders (split by region/scene) plus S2-only folders, or the
+    demo mix (:class:`cloudrt.train.mix.MixDataset`) when ``cfg.mix``."""
+    if cfg.mix:
+        recs = load_npz(cfg.npz) if cfg.npz else records_from_folders(cfg.data + cfg.extra_optical,
+                                                                      set(cfg.holdout))
+        recs = [r for r in recs if r.name not in set(cfg.holdout)]
+        ds = MixDataset(recs, crop=cfg.crop or 128, seed=cfg.seed, p_real=cfg.p_real,
+                        p_identity=cfg.p_identity, sar_dropout=cfg.sar_dropout)
+        return ds, ds.names
     samples = []
     for d in cfg.data:
         samples += find_samples(d)
@@ -151,7 +166,7 @@ def train(cfg: TrainConfig) -> Path:
     if distributed:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    loss_fn = CloudAwareLoss(cloud_weighting=cfg.cloud_weighting)
+    loss_fn = CloudAwareLoss(cloud_weighting=cfg.cloud_weighting, sam_weight=cfg.sam_weight)
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)

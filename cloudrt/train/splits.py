@@ -15,7 +15,7 @@ SPLITS = ("train", "val", "test")
 def split_samples(
     samples: Sequence[Sample], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
 ) -> dict[str, list[Sample]]:
-    """Split into ``train``/``val``/``test`` by (region, scene) group, never by patch (METHOD.md, protocol).
+    """Split into ``train``/``val``/``test`` by (region, scene) group, never by patch (docs/method.md, evaluation).
 
     Groups are shuffled with ``seed`` and counted by largest remainder, so 10 groups give 8/1/1.
     With few groups, every subset whose fraction is > 0 still gets one group while groups remain, in the

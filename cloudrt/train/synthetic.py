@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from cloudrt.contract import S2_BANDS
 from cloudrt.errors import InputError
@@ -16,6 +17,19 @@ CLOUD_SPECTRUM = np.array(
     [1.00, 1.00, 0.98, 1.02, 1.06, 1.16, 1.22, 1.17, 1.25, 0.63, 0.00, 0.88, 0.66], dtype=np.float32
 )
 _B10 = S2_BANDS.index("B10")
+# Relative opacity of thin cloud / haze per band (B1..B12): scattering falls with wavelength; the B10 cirrus
+# band sees thin high cloud strongly.
+HAZE_SPECTRUM = np.array(
+    [1.00, 0.97, 0.93, 0.88, 0.85, 0.82, 0.80, 0.78, 0.76, 0.70, 0.90, 0.60, 0.55], dtype=np.float32
+)
+
+
+def shadow_alpha(alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Cloud shadow: the cloud's footprint displaced 8-40 px by the sun/view geometry, softened (sigma 2)."""
+    ang = rng.uniform(0, 2 * np.pi)
+    dist = rng.uniform(8, 40)
+    s = ndimage.shift(alpha, (dist * np.sin(ang), dist * np.cos(ang)), order=1, mode="constant", cval=0.0)
+    return np.clip(ndimage.gaussian_filter(s, 2.0), 0.0, 1.0).astype(np.float32)
 
 
 def _upsample_bilinear(grid: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -96,6 +110,7 @@ def add_synthetic_clouds(
     alpha: np.ndarray | None = None,
     brightness: float | None = None,
     cirrus: float | None = None,
+    shadow: float | None = 0.0,
     **alpha_kw: Any,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Lay a synthetic cloud over a clear (13, H, W) image in [0, 1] reflectance units.
@@ -109,8 +124,16 @@ def add_synthetic_clouds(
     if clear.ndim != 3 or clear.shape[0] != len(S2_BANDS):
         raise InputError(f"clear image has shape {clear.shape}; expected (13, H, W) in [0, 1] units.")
     shape = clear.shape[-2:]
-    if alpha is None:
+    haze_field = None
+    if alpha is None and shadow is None:  # the full model: thick cloud, spectral haze, cloud shadow
+        alpha = synthetic_cloud_alpha(shape, rng, **{"haze": 0.0, **alpha_kw})
+        if rng.random() < 0.6:
+            haze_field = float(rng.uniform(0.05, 0.5)) * fractal_noise(shape, rng, base=1, octaves=3)
+        shadow = float(rng.uniform(0.3, 0.75)) if rng.random() < 0.6 else 0.0
+    elif alpha is None:
         alpha = synthetic_cloud_alpha(shape, rng, **alpha_kw)
+    if shadow:
+        clear = clear * (1.0 - np.float32(shadow) * shadow_alpha(alpha, rng))[None]
     if brightness is None:
         brightness = float(rng.uniform(0.45, 0.8))
     if cirrus is None:
@@ -120,5 +143,9 @@ def add_synthetic_clouds(
     texture = 0.9 + 0.2 * fractal_noise(shape, rng, base=4, octaves=4)  # thick cores brighter than edges
     cloud = spectrum[:, None, None] * texture[None]
     a = alpha[None].astype(np.float32)
+    if haze_field is not None:  # thin cloud scatters more at short wavelengths: per-band opacity
+        hz = haze_field[None] * HAZE_SPECTRUM[:, None, None]
+        a = 1.0 - (1.0 - a) * (1.0 - hz)
+        alpha = 1.0 - (1.0 - alpha) * (1.0 - haze_field)
     cloudy = (1.0 - a) * clear + a * cloud
     return np.clip(cloudy, 0.0, 1.0).astype(np.float32), alpha.astype(np.float32)
