@@ -91,14 +91,14 @@ VEGETATION_DN = np.array([1200, 900, 800, 600, 1000, 2200, 2600, 2800, 2900, 900
 CLOUD_DN = np.array([6000, 6000, 5900, 6100, 6400, 7000, 7300, 7000, 7500, 3800, 30, 5300, 4000], dtype=np.float64)
 
 
-def realistic_scene(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def realistic_scene(h: int, w: int, seed: int = 0, radius: float = 0.18) -> tuple[np.ndarray, np.ndarray]:
     """Vegetation with smooth texture and a cloud blob of soft edges (alpha-blended with
     :data:`CLOUD_DN`), as uint16 DN; S1 dB as in :func:`synthetic_scene`."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     tex = 1.0 + 0.15 * np.sin(yy / 13.0 + seed) * np.cos(xx / 19.0) + rng.normal(0, 0.02, (h, w))
     ground = VEGETATION_DN[:, None, None] * tex[None]
-    cy, cx, r = h * 0.4, w * 0.55, max(2.0, min(h, w) * 0.18)
+    cy, cx, r = h * 0.4, w * 0.55, max(2.0, min(h, w) * radius)
     alpha = np.clip(1.6 * np.exp(-(((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))), 0, 1)[None]
     opt = np.clip((1 - alpha) * ground + alpha * CLOUD_DN[:, None, None], 1, 12000).astype(np.uint16)
     _, sar = synthetic_scene(h, w, seed, cloud=False)

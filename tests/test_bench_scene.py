@@ -4,6 +4,7 @@ fail with one line and exit code 2. (The figures themselves live in benchmarks/R
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ pytest.importorskip("onnx")
 
 
 def test_bench_scene_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.delenv("CLOUDRT_ORT_THREADS", raising=False)
     monkeypatch.setenv("CLOUDRT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "bs.json"
     rc = main(["bench-scene", "--size", "256", "--model-size", "256", "--rounds", "1", "--threads", "1",
@@ -28,6 +30,7 @@ def test_bench_scene_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
     assert m["tiles"] == 4 and m["model_alone_s"] > 0 and m["ratio"] == pytest.approx(m["wall_s"] / m["model_alone_s"])
     assert set(c["seconds"]) <= {"1", "2"} and c["t1_s"] > 0
     assert "/ floor" in capsys.readouterr().out
+    assert "CLOUDRT_ORT_THREADS" not in os.environ  # the bench's thread setting does not leak
 
 
 def test_bench_scene_bad_part(capsys: pytest.CaptureFixture) -> None:

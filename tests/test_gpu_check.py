@@ -45,8 +45,7 @@ def _run_blocked(out: Path, *args: str) -> subprocess.CompletedProcess:
             if e.code:
                 raise
         assert "kornia" not in sys.modules
-        rio = sys.modules.get("rasterio")  # absent, or the script's import-only stand-in
-        assert rio is None or type(rio.__spec__.loader).__name__ == "_StubFinder"
+        assert "rasterio" not in sys.modules and "affine" not in sys.modules  # the runtime runs without them
     """)
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO,
@@ -59,11 +58,9 @@ def test_tiny_cpu_run_without_rasterio_and_kornia(tmp_path: Path) -> None:
     d = json.loads((tmp_path / "gpu_check.json").read_text())
     assert "| eager | fp16 | 2 |" in (tmp_path / "gpu_check.md").read_text()
     assert d["system"]["rasterio"] is False and d["system"]["kornia"] is False
-    assert d["system"]["stubbed_imports"] == ["rasterio", "affine"]  # so the real runtime runs, threaded
     assert d["system"]["gflop_per_tile"] > 0
     rows = {(x["kind"], x["precision"], x["batch"]): x for x in d["rows"]}
-    want = {("eager", m, b) for m in ("fp32", "fp16", "bf16") for b in (1, 2)} | {("compile", "fp16", 1),
-                                                                                   ("compile", "fp16", 2)}
+    want = {("eager", m, b) for m in ("fp32", "fp16", "bf16") for b in (1, 2)} | {("compile", "fp16", 1)}
     assert set(rows) == want, d["skipped"]
     for key, row in rows.items():
         assert row["tiles_per_s"] > 0 and row["tile"] == 64

@@ -138,7 +138,7 @@ def test_conv_model_blends_to_whole_scene_reference(models: dict[str, Path]) -> 
 def test_soft_compositing_follows_the_weight(models: dict[str, Path]) -> None:
     """out = w * raw + (1 - w) * input with w from preprocess.composite on the whole scene; w == 0 is
     bit-exact input; the confidence band is 100 (1 - w * thickness) and comes back with return_confidence."""
-    opt, sar = realistic_scene(90, 110, seed=5)
+    opt, sar = realistic_scene(320, 300, seed=5, radius=0.06)  # a small cloud: clear ground far from it
     rt = Runtime(models["k1"])
     raw = rt.predict(opt, sar, composite=False)
     out, conf = rt.predict(opt, sar, return_confidence=True)
@@ -242,23 +242,23 @@ def test_thread_safe_shared_runtime(models: dict[str, Path]) -> None:
 # -- streaming -------------------------------------------------------------------------------------------
 
 def test_streaming_memory_is_independent_of_rows(models: dict[str, Path], tmp_path: Path) -> None:
-    """Peak NumPy memory (tracemalloc) of predict_file for a 4x taller scene stays within 25 % of the short
-    one's: it is O(min(width, panel)), measured ~18-20 KB per column here (tile 32, a single panel at this
+    """Peak NumPy memory (tracemalloc) of predict_file for a 2x taller scene stays within 25 % of the short
+    one's: it is O(min(width, panel)), measured ~58 KB per column here (tile 32, a single panel at this
     width; test_panel_memory_is_independent_of_width covers wide scenes)."""
     rt = Runtime(models["k1"], batch=4)
     files = {}
-    for h in (64, 256, 1024):
+    for h in (64, 512, 1024):  # both taller than a block plus its two compositing halos (460 rows)
         opt, sar = synthetic_scene(h, 384, seed=h)
         files[h] = write_tif(tmp_path / f"o{h}.tif", opt), write_tif(tmp_path / f"s{h}.tif", sar)
     rt.predict_file(*files[64], tmp_path / "warm.tif", mask_out=tmp_path / "warm_m.tif")  # imports, caches
     peaks = {}
-    for h in (256, 1024):
+    for h in (512, 1024):
         tracemalloc.start()
         rt.predict_file(*files[h], tmp_path / f"out{h}.tif", mask_out=tmp_path / f"m{h}.tif")
         peaks[h] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-    assert peaks[1024] < 1.25 * peaks[256]
-    assert peaks[1024] / 384 < 40e3
+    assert peaks[1024] < 1.25 * peaks[512]
+    assert peaks[1024] / 384 < 70e3
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")

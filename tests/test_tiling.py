@@ -8,6 +8,7 @@ from runtime_helpers import reference_conv
 
 from cloudrt.scene.tiling import (
     AxisTiling,
+    BlendBuffers,
     blend_array,
     blend_rows,
     panel_cores,
@@ -226,3 +227,25 @@ def test_misplaced_panel_window_would_differ() -> None:
     bad = x0 + 5
     part = blend_array(opt[:, :, bad:x1], sar[:, :, bad:x1], _tile_context_run, tile, overlap, 3)
     assert np.abs(part[:, :, c0 - bad : c1 - bad] - single[:, :, c0:c1]).max() > 1e-3
+
+
+def test_ring_buffers_are_reused_and_give_the_same_rows() -> None:
+    """``buffers``: the window, accumulator and prediction buffers are reused across row groups (no per-group
+    allocation), and the rows are the same as with fresh arrays."""
+    rng = np.random.default_rng(3)
+    h, w, tile, overlap = 150, 70, 32, 8
+    opt = rng.random((13, h, w), dtype=np.float32)
+    sar = rng.random((2, h, w), dtype=np.float32)
+
+    def read(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+        return opt[:, r0:r1], sar[:, r0:r1]
+
+    fresh = [(r0, r1, p) for r0, r1, p in blend_rows(read, _pointwise, h, w, tile, overlap, batch=2)]
+    got, bufs = [], []
+    for r0, r1, p in blend_rows(read, _pointwise, h, w, tile, overlap, batch=2, buffers=BlendBuffers(2)):
+        got.append((r0, r1, p.copy()))
+        bufs.append(p)
+    assert len(got) == len(fresh) > 3
+    for (a0, a1, a), (b0, b1, b) in zip(fresh, got, strict=True):
+        assert (a0, a1) == (b0, b1) and a.tobytes() == b.tobytes()
+    assert np.shares_memory(bufs[1], bufs[3]) and not np.shares_memory(bufs[1], bufs[2])  # a ring of two

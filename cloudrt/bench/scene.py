@@ -314,12 +314,26 @@ def run_scene_bench(model: str | os.PathLike | None = None, *, size: int = 4096,
                     parts: tuple[str, ...] = ("pipeline", "model", "scaling"), folder: Path | None = None,
                     log: Log = lambda _m: None) -> dict[str, Any]:
     """Run the parts of the scene bench (module docstring); returns a JSON-able dict."""
-    from cloudrt.paths import DEFAULT_ONNX, cache_dir
+    from cloudrt.paths import cache_dir
 
     folder = folder or cache_dir() / "bench-scenes"
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = threads or ncpu
+    before = os.environ.get("CLOUDRT_ORT_THREADS")
     os.environ["CLOUDRT_ORT_THREADS"] = str(threads)  # the same ONNX Runtime threads for every run
+    try:
+        return _run_parts(model, size, model_size, compress, rounds, threads, ncpu, parts, folder, log)
+    finally:
+        if before is None:
+            os.environ.pop("CLOUDRT_ORT_THREADS", None)
+        else:
+            os.environ["CLOUDRT_ORT_THREADS"] = before
+
+
+def _run_parts(model: str | os.PathLike | None, size: int, model_size: int, compress: str, rounds: int,
+               threads: int, ncpu: int, parts: tuple[str, ...], folder: Path, log: Log) -> dict[str, Any]:
+    from cloudrt.paths import DEFAULT_ONNX
+
     identity = identity_onnx(folder / "identity-256.onnx")
     real = Path(model) if model is not None else DEFAULT_ONNX
     res: dict[str, Any] = {"system": {"date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

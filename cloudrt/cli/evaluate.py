@@ -31,12 +31,14 @@ def render_tables(res: dict[str, Any]) -> list[Any]:
     t = Table(title=f"cloudrt eval: {res['data']} (split {res['split']}, {res['n']} patches)")
     for c in cols:
         t.add_column(c, justify="left" if not c else "right")
-    t.add_row(*_row(model_label, res["n"], res["mean"]))
+    t.add_row(*_row(model_label + ", raw", res["n"], res["mean"]))
+    t.add_row(*_row("  composited (as cloudrt infer)", res["n"], res["composited"]["mean"]))
     t.add_row(*_row("identity (cloudy input)", res["n"], res["identity"]["mean"]))
     ref = res.get("reference")
     if ref:
         t.add_row(*_row("reference peer", ref["n"], ref["mean"]))
-        t.add_row(*_row("  model, same patches", ref["n"], ref["model"]["mean"]))
+        t.add_row(*_row("  model raw, same patches", ref["n"], ref["model"]["mean"]))
+        t.add_row(*_row("  composited, same patches", ref["n"], ref["composited"]["mean"]))
 
     b = Table(title="by cloud cover (fraction of cloudy pixels)")
     for c in ("cloud cover", *cols):

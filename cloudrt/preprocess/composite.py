@@ -8,22 +8,30 @@ and cloud shadows are left in place. The compositing weight here is continuous a
 evidence, each a linear ramp ``ramp(x, a, b)`` from 0 at ``a`` to 1 at ``b``, on reflectance (DN / 1e4):
 
 - **thick cloud**: the eq. 13 score ``Sc`` (before the threshold) with the dataset tool's snow term
-  ``rescale(NDSI, 0.8, 0.6)``, ramped from 0.15 to 0.45, times a *not-bright-ground* factor
+  ``rescale(NDSI, 0.8, 0.6)``, ramped from 0.15 to 0.45, times a *not-snow* factor ``ramp(NDSI, 0.6, 0.4)``
+  (eq. 16's snow threshold, softened), times a *not-bright-ground* factor
   ``ramp(B11 / B2, 1.7, 1.3)``: clouds are spectrally flat from blue to SWIR (B11 / B2 about 0.8-1.5),
-  bright soil and built-up land reflect far more in SWIR than in blue (about 2);
+  bright soil and built-up land reflect far more in SWIR than in blue (about 2); and times a *not-roof*
+  factor ``ramp(B12 / B11, 0.97, 0.88)``: cloud droplets absorb at 2.2 um more than at 1.6 um (B12 / B11
+  about 0.65-0.9 on the samples), bright roofs and concrete do not (about 1);
 - **haze / thin cloud**: the haze-optimized transform ``HOT = B2 - 0.5 B4 - 0.08`` ramped from 0.025 to 0.08
   (Zhang et al. 2002: haze lifts blue above red; clear land, bright or dark, stays below), void over snow
-  (``ramp(NDSI, 0.6, 0.4)``);
+  (``ramp(NDSI, 0.6, 0.4)``) and over blue roofs (the not-roof factor);
 - **cirrus**: B10 (1375 nm, absorbed by water vapour below high cloud) ramped from 0.05 to 0.12 (thin
   cirrus up to about 0.04 leaves the ground clearly visible and is kept);
 - **cloud shadow**: dark pixels, ``ramp((B8 + B11) / 2, 0.12, 0.06)``, counted only within
   :data:`SHADOW_REACH` pixels of a cloud body (thick > 0.6, eroded twice; dark water far from any cloud
   is not shadow).
 
-``weight = blur(dilate(open(max(thick, haze, cirrus, shadow))))``: a 3 x 3 grey opening drops isolated
-pixels, a 5 x 5 grey dilation grows the weight over
+``weight = max(blur(dilate(open(max(thick, haze, cirrus, shadow)))), context)``: a 5 x 5 grey opening drops
+features narrower than 50 m (single bright roofs, dark pixels), a 5 x 5 grey dilation grows the weight over
 cloud edges, a Gaussian (sigma 2) removes seams; values below :data:`KEEP_BELOW` are set to 0, so pixels
-that show the ground clearly come back bit for bit (do no harm). The composite is
+that show the ground clearly come back bit for bit (do no harm). The *context* term is
+``ramp(f, 0.02, 0.15)`` of the fraction ``f`` of cloud bodies within :data:`CONTEXT` pixels: around a
+cloudy area (over 15 % cloud within 1 km) every pixel is taken from the model, because thin haze and
+adjacency effects there escape every per-pixel test (on the held-out SEN12MS-CR patches, keeping those
+pixels from the input scored below the raw model output); a clear scene has no cloud bodies, so the term is
+0 there. The composite is
 ``out = weight * prediction + (1 - weight) * input``.
 
 The **confidence** band says how much of an output pixel is observation: ``100 * (1 - weight * thickness)``
@@ -39,12 +47,13 @@ from scipy import ndimage
 from cloudrt.contract import S2_BANDS, S2_SCALE
 
 _I = {b: i for i, b in enumerate(S2_BANDS)}
-B1, B2, B3, B4, B8, B10, B11 = (_I[b] for b in ("B1", "B2", "B3", "B4", "B8", "B10", "B11"))
+B1, B2, B3, B4, B8, B10, B11, B12 = (_I[b] for b in ("B1", "B2", "B3", "B4", "B8", "B10", "B11", "B12"))
 
 THICK_RAMP = (0.15, 0.45)  # on the eq. 13 score
 GROUND_RATIO_RAMP = (1.7, 1.3)  # B11 / B2: bright ground above 1.7, cloud below 1.3
+ROOF_RATIO_RAMP = (0.97, 0.88)  # B12 / B11: roofs and concrete about 1, cloud droplets 0.65-0.9
 HOT_RAMP = (0.025, 0.08)
-SNOW_NDSI_RAMP = (0.6, 0.4)  # haze evidence is void over snow (bright blue, dark SWIR)
+SNOW_NDSI_RAMP = (0.6, 0.4)  # no cloud or haze evidence over snow (NDSI >= 0.6, eq. 16)
 CIRRUS_RAMP = (0.05, 0.12)
 SHADOW_CSI_RAMP = (0.12, 0.06)
 SHADOW_REACH = 40  # pixels (400 m at 10 m): how far from thick cloud a dark pixel may be its shadow
@@ -52,8 +61,11 @@ OPEN = 5  # grey opening: bright roofs and single dark pixels narrower than this
 DILATE = 5
 SIGMA = 2.0
 KEEP_BELOW = 0.02
+CONTEXT = 201  # pixels (2 km): the neighbourhood whose cloud cover marks every pixel in it as affected
+CONTEXT_RAMP = (0.02, 0.15)  # fraction of cloud bodies (thick > 0.5) in that neighbourhood
 #: Context a tile of the weight needs on each side to equal the whole-scene result.
-HALO = SHADOW_REACH + 2 + 2 * (OPEN // 2) + DILATE // 2 + int(4 * SIGMA) + 2  # shadow search, erosion, opening, dilation, blur
+HALO = max(SHADOW_REACH + 2 + 2 * (OPEN // 2) + DILATE // 2 + int(4 * SIGMA),  # shadow, erosion, opening, ...
+           CONTEXT // 2) + 2
 
 
 def ramp(x: np.ndarray, a: float, b: float) -> np.ndarray:
@@ -67,7 +79,8 @@ def cloud_evidence(dn: np.ndarray, valid: np.ndarray | None = None) -> dict[str,
     ``dn``: (13, H, W) Sentinel-2 L1C digital numbers (reflectance x 10000), any real dtype. Non-finite
     pixels and pixels where ``valid`` is False (nodata) give no evidence, so they never spread weight.
     """
-    x = {i: np.nan_to_num(dn[i].astype(np.float32) / np.float32(S2_SCALE)) for i in (B1, B2, B3, B4, B8, B10, B11)}
+    x = {i: np.nan_to_num(dn[i].astype(np.float32) / np.float32(S2_SCALE))
+         for i in (B1, B2, B3, B4, B8, B10, B11, B12)}
     score = np.minimum.reduce([
         (x[B2] - 0.1) / 0.4,  # the four eq. 13 terms (rescale, unclipped)
         (x[B1] - 0.1) / 0.2,
@@ -78,11 +91,13 @@ def cloud_evidence(dn: np.ndarray, valid: np.ndarray | None = None) -> dict[str,
     ndsi = np.where(s > 0, (x[B3] - x[B11]) / np.where(s > 0, s, 1.0), 0.0)
     score = np.minimum(score, (ndsi - 0.8) / (0.6 - 0.8))  # snow is not cloud
     ratio = x[B11] / np.maximum(x[B2], 1e-4)
-    ok = np.isfinite(dn[[B1, B2, B3, B4, B8, B10, B11]]).all(axis=0)
+    ok = np.isfinite(dn[[B1, B2, B3, B4, B8, B10, B11, B12]]).all(axis=0)
     if valid is not None:
         ok &= valid
-    thick = ramp(score, *THICK_RAMP) * ramp(ratio, *GROUND_RATIO_RAMP) * ok
-    haze = ramp(x[B2] - 0.5 * x[B4] - 0.08, *HOT_RAMP) * ramp(ndsi, *SNOW_NDSI_RAMP) * ok
+    not_roof = ramp(x[B12] / np.maximum(x[B11], 1e-4), *ROOF_RATIO_RAMP)
+    not_snow = ramp(ndsi, *SNOW_NDSI_RAMP)
+    thick = ramp(score, *THICK_RAMP) * ramp(ratio, *GROUND_RATIO_RAMP) * not_roof * not_snow * ok
+    haze = ramp(x[B2] - 0.5 * x[B4] - 0.08, *HOT_RAMP) * not_snow * not_roof * ok
     cirrus = ramp(x[B10], *CIRRUS_RAMP) * ok
     core = ndimage.binary_erosion(thick > 0.6, iterations=2)  # real cloud bodies, not bright roofs
     near = ndimage.maximum_filter(core, size=2 * SHADOW_REACH + 1, mode="constant", cval=0)
@@ -100,12 +115,20 @@ def composite_weight(dn: np.ndarray, return_confidence: bool = False, valid: np.
     raw = ndimage.grey_opening(raw, size=(OPEN, OPEN), mode="nearest")  # drop small bright or dark features
     w = ndimage.grey_dilation(raw, size=(DILATE, DILATE), mode="nearest")
     w = ndimage.gaussian_filter(w, SIGMA, mode="nearest", truncate=4.0)
+    w = np.maximum(w, context_weight(ev["thick"]))
     w = np.where(w < KEEP_BELOW, 0.0, np.minimum(w, 1.0)).astype(np.float32)
     if not return_confidence:
         return w
     thickness = np.maximum(ev["thick"], 0.5 * np.maximum(ev["haze"], ev["cirrus"]))
     thickness = ndimage.gaussian_filter(thickness, SIGMA, mode="nearest", truncate=4.0)
     return w, confidence(w, thickness)
+
+
+def context_weight(thick: np.ndarray) -> np.ndarray:
+    """``ramp(f, 0.02, 0.15)`` of the fraction ``f`` of cloud bodies (thick > 0.5) in the :data:`CONTEXT`
+    window around each pixel (reflected at the scene border)."""
+    frac = ndimage.uniform_filter((thick > 0.5).astype(np.float32), CONTEXT, mode="reflect")
+    return ramp(frac, *CONTEXT_RAMP).astype(np.float32)
 
 
 def confidence(weight: np.ndarray, thickness: np.ndarray) -> np.ndarray:

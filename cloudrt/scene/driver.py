@@ -6,20 +6,25 @@ The pipeline (all NumPy; rasterio only for files):
    convention, :mod:`cloudrt.preprocess.normalize`), runs the backend on batches of tiles and yields finished,
    blended rows of the prediction.
 2. Rows are collected into output blocks of :data:`cloudrt.scene.io.BLOCK` rows. For each block the optical input
-   is re-read with a halo, the cloud mask and the soft compositing weight ``w`` are computed on it (the halo
+   is taken again with a halo (from the raw rows the blend read, kept by :class:`RowCache` for file sources:
+   each row is read once), the cloud mask and the soft compositing weight ``w`` are computed on it (the halo
    makes the windowed results equal to the whole-scene ones), and the prediction is composited:
    ``out = w * pred + (1 - w) * input`` (:mod:`cloudrt.preprocess.composite`: continuous cloud, haze, cirrus
    and shadow evidence), so pixels that show the ground clearly (``w == 0``) keep the input exactly.
 3. Blocks are written in order (whole rows of GeoTIFF tiles, so every tile is compressed once).
 
-Memory is ``O(panel * (tile + block))``: independent of the scene size. Rows stream; a scene wider than
-:data:`PANEL` columns is processed as vertical column panels whose results equal the single pass
-(:func:`run_scene`); normalization, masks and compositing run by column chunks with a halo.
+Memory is ``O(panel * (tile + block))``: independent of the scene size. The large per-row-group arrays (the
+blend's window, accumulator and prediction blocks, the output row buffers) are allocated once per scene and
+reused by every row group and panel (:class:`cloudrt.scene.tiling.BlendBuffers`), so the heap does not churn.
+Rows stream; a scene wider than :data:`PANEL` columns is processed as vertical column panels whose results
+equal the single pass (:func:`run_scene`); normalization, masks and compositing run by column chunks with a
+halo.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -34,8 +39,8 @@ from cloudrt.preprocess.normalize import denormalize_optical, normalize_optical,
 from cloudrt.scene.io import BLOCK
 from cloudrt.scene.pipeline import LockedSource, WriteBehind
 from cloudrt.scene.sinks import cast_output
-from cloudrt.scene.sources import ColumnView
-from cloudrt.scene.tiling import BatchRunner, blend_rows, panel_cores, panel_window
+from cloudrt.scene.sources import ArraySource, ColumnView
+from cloudrt.scene.tiling import BatchRunner, BlendBuffers, Scratch, blend_rows, panel_cores, panel_window
 
 MASK_CLEAR, MASK_CLOUD, MASK_SHADOW, MASK_NODATA = 0, 1, 2, 255
 MASK_HALO = 8  # >= the reach of the sen12mscr mask filters (5x5 closing + 7x7 mean) and the 5x5 median
@@ -75,13 +80,14 @@ def haloed_windows(src: Any, a: int, b: int, halo: int, chunk: int, lo: int = 0,
     ``core`` equals the whole-scene result when its reach is <= ``halo``.
     """
     ha, hb = max(0, a - halo), min(src.height, b + halo)
-    raw_h = src.optical(ha, hb)
+    by_chunk = isinstance(src, RowCache)  # cut each chunk from the kept rows: no full-width copy of the rows
+    raw_h = None if by_chunk else src.optical(ha, hb)
     given_h = src.mask(ha, hb)
     hi = src.width if hi is None else hi
     for c0 in range(lo, hi, chunk):
         c1 = min(hi, c0 + chunk)
         ca, cb = max(0, c0 - halo), min(src.width, c1 + halo)
-        raw = raw_h[:, :, ca:cb]
+        raw = src.optical(ha, hb, ca, cb) if raw_h is None else raw_h[:, :, ca:cb]
         given = given_h[:, ca:cb] if given_h is not None else None
         core = (slice(a - ha, b - ha), slice(c0 - ca, c1 - ca))
         yield c0, c1, raw, valid_mask(raw, src.nodata), given, core
@@ -94,23 +100,77 @@ def window_cloud(raw: np.ndarray, valid: np.ndarray, given: np.ndarray | None, m
     return np.asarray(given, dtype=bool) & valid
 
 
+class RowCache:
+    """The raw optical rows of ``src`` read last, kept while still needed, so that the compositing's haloed
+    read of rows the blend has just read (and the blend's read of the rows its tiles overlap) reads only
+    the rows not cached; the raw values, hence the results, are the same. Thread-safe (the blend and the
+    write-behind thread both read). Reads are cached as the chunks they were read in; a chunk is dropped
+    once every reader has moved past it (:meth:`release`), so at most about three row groups are held."""
+
+    def __init__(self, src: Any) -> None:
+        self._src, self._lock = src, threading.Lock()
+        self._chunks: list[tuple[int, int, np.ndarray]] = []  # (r0, r1, rows), sorted and disjoint
+        self._floor = {"blend": 0, "composite": 0}
+
+    def __getattr__(self, name: str) -> Any:  # height, width, nodata, sar, mask, ...
+        return getattr(self._src, name)
+
+    def release(self, who: str, row: int) -> None:
+        """Reader ``who`` needs no row below ``row`` any more."""
+        with self._lock:
+            self._floor[who] = max(self._floor[who], row)
+            low = min(self._floor.values())
+            self._chunks = [c for c in self._chunks if c[1] > low]
+
+    def optical(self, r0: int, r1: int, c0: int = 0, c1: int | None = None) -> np.ndarray:
+        """Rows ``[r0, r1)``, columns ``[c0, c1)`` (all rows of the columns are read and kept)."""
+        cols = slice(c0, c1)
+        with self._lock:
+            parts, r, new = [], r0, []
+            for a, b, rows in self._chunks:
+                if b <= r or a >= r1:
+                    continue
+                if a > r:  # a gap before this chunk
+                    new.append((r, a, self._src.optical(r, a)))
+                    parts.append(new[-1][2][:, :, cols])
+                parts.append(rows[:, max(r, a) - a : min(b, r1) - a, cols])
+                r = min(b, r1)
+            if r < r1:
+                new.append((r, r1, self._src.optical(r, r1)))
+                parts.append(new[-1][2][:, :, cols])
+            if new:
+                self._chunks = sorted(self._chunks + new, key=lambda c: c[0])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+
 class _RowBuffer:
-    """Rows of (C, rows, W) arrays appended at the bottom and taken from the top, in one growable buffer."""
+    """Rows of (C, rows, W) arrays appended at the bottom and taken from the top, in one growable buffer
+    (kept from one panel to the next: an empty buffer takes the next panel's width in the same memory)."""
 
     def __init__(self, dtype: np.dtype) -> None:
         self.dtype = np.dtype(dtype)
         self.buf: np.ndarray | None = None
         self.rows = 0
+        self._mem, self._spare = Scratch(), Scratch()
 
-    def append(self, a: np.ndarray) -> None:
-        k = a.shape[1]
+    def reserve(self, bands: int, k: int, width: int) -> np.ndarray:
+        """The next ``k`` rows of the buffer, to be filled in place and then :meth:`commit` -ted (no
+        temporary block and no copy into the buffer)."""
+        if self.buf is not None and (self.buf.shape[0], self.buf.shape[2]) != (bands, width):
+            assert self.rows == 0, "a panel ended with rows left"
+            self.buf = None
         if self.buf is None or self.rows + k > self.buf.shape[1]:
             cap = max(self.rows + k, 2 * (self.buf.shape[1] if self.buf is not None else 0))
-            new = np.empty((a.shape[0], cap, a.shape[2]), dtype=self.dtype)
-            if self.buf is not None and self.rows:
+            if not self.rows:  # nothing to keep
+                self.buf = self._mem.take((bands, cap, width), self.dtype)
+            else:  # grow into the spare memory, keeping the rows
+                assert self.buf is not None
+                new = self._spare.take((bands, cap, width), self.dtype)
                 new[:, : self.rows] = self.buf[:, : self.rows]
-            self.buf = new
-        self.buf[:, self.rows : self.rows + k] = a
+                self.buf, self._mem, self._spare = new, self._spare, self._mem
+        return self.buf[:, self.rows : self.rows + k]
+
+    def commit(self, k: int) -> None:
         self.rows += k
 
     def peek(self, n: int) -> np.ndarray:
@@ -155,6 +215,7 @@ def run_scene(
     third thread (:mod:`cloudrt.scene.pipeline`; off by default: measured +15 % peak RSS for wide scenes,
     glibc's per-thread arenas, for no gain on 2 cores). The output is bit-identical either way.
     """
+    cache = not isinstance(src, ArraySource)  # in memory, reads are views already: nothing to save
     if threaded:
         src = LockedSource(src)  # read by the inference (or read-ahead) and the write-behind thread
     height, width = src.height, src.width
@@ -166,6 +227,12 @@ def run_scene(
                              "panels": len(cores)}
     t0 = time.perf_counter()
     done_px = 0
+
+    # one set of large buffers for every panel and row group (reused, not reallocated: flat memory). The
+    # blend's prediction blocks form a ring: a block must live until consumed, one more while the
+    # write-behind thread holds one (WriteBehind's depth 1)
+    bufs = (BlendBuffers(2 if threaded else 1), _RowBuffer(sink.dtype),
+            _RowBuffer(np.dtype(np.uint8)) if want_mask else None)
 
     def counted_run(o: np.ndarray, s: np.ndarray) -> np.ndarray:
         stats["tiles"] += o.shape[0]
@@ -185,7 +252,7 @@ def run_scene(
         _run_panel(view, counted_run, sink, c0 - x0, c1 - x0, x0, stats, tile=tile, overlap=overlap, batch=batch,
                    composite=composite, mask_method=mask_method, want_mask=want_mask,
                    block=block, chunk=chunk, halo=halo, progress=panel_progress, threaded=threaded,
-                   read_ahead=threaded and read_ahead)
+                   read_ahead=threaded and read_ahead, cache=cache, bufs=bufs)
         done_px += height * (c1 - c0)
     stats["seconds"] = time.perf_counter() - t0
     stats["cloud_fraction"] = stats["cloud"] / max(1, stats["valid"])
@@ -193,19 +260,26 @@ def run_scene(
     return stats
 
 
-# _run_panel is ~80 lines: the read/normalize/composite closures share the panel's buffers and counters;
+# _run_panel is ~95 lines: the read/normalize/composite closures share the panel's buffers, row cache and counters;
 # split apart they would need a class holding the same state.
 def _run_panel(src: Any, run: BatchRunner, sink: Any, lo: int, hi: int, col: int, stats: dict[str, Any], *,
                tile: int, overlap: int, batch: int, composite: bool, mask_method: str,
                want_mask: bool, block: int, chunk: int, halo: int, progress: Progress, threaded: bool,
-               read_ahead: bool) -> None:
+               read_ahead: bool, cache: bool, bufs: tuple[Any, ...]) -> None:
     """Blend the whole of ``src`` (a scene or a panel window), then mask, composite and write its columns
-    ``[lo, hi)`` to ``sink`` columns ``[col + lo, col + hi)`` by output blocks of ``block`` rows."""
+    ``[lo, hi)`` to ``sink`` columns ``[col + lo, col + hi)`` by output blocks of ``block`` rows. ``cache``:
+    keep the raw optical rows for the compositing's haloed read (:class:`RowCache`). ``bufs``: the blend's
+    buffers and the output and mask row buffers, shared by the panels."""
     height, width = src.height, src.width
     need_mask = composite or want_mask
+    rows_cache = RowCache(src) if cache and need_mask else None
+    if rows_cache is not None:
+        src = rows_cache
 
     def read(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
         o, s = src.optical(r0, r1), src.sar(r0, r1)
+        if rows_cache is not None:
+            rows_cache.release("blend", r0)  # the blend reads on downwards
         if o.shape[1:] != s.shape[1:]:
             raise InputError(f"optical rows {o.shape[1:]} and SAR rows {s.shape[1:]} differ; use one grid.")
         return o, s
@@ -214,14 +288,13 @@ def _run_panel(src: Any, run: BatchRunner, sink: Any, lo: int, hi: int, col: int
         with np.errstate(invalid="ignore"):
             return normalize_optical(o, src.nodata), normalize_sar(s, src.sar_nodata), valid_mask(o, src.nodata)
 
-    out_buf = _RowBuffer(sink.dtype)
-    mask_buf = _RowBuffer(np.dtype(np.uint8)) if want_mask else None  # planes: mask, weight %, confidence
+    blend_bufs, out_buf, mask_buf = bufs  # mask_buf planes: mask, weight %, confidence
     written = [0]
 
     def composite_rows(a: int, b: int, pred: np.ndarray) -> None:
         """Rows [a, b): mask, weight, composite, cast -> the output buffers (by column chunks)."""
-        out_rows = np.empty((pred.shape[0], b - a, hi - lo), dtype=sink.dtype)
-        mask_rows = np.empty((3, b - a, hi - lo), dtype=np.uint8) if want_mask else None
+        out_rows = out_buf.reserve(pred.shape[0], b - a, hi - lo)  # filled in place, by column chunks
+        mask_rows = mask_buf.reserve(3, b - a, hi - lo) if mask_buf is not None else None
         for c0, c1, raw_w, valid_w, given_w, core in haloed_windows(src, a, b, halo, chunk, lo, hi):
             raw, valid = raw_w[(slice(None), *core)], valid_w[core]
             out = denormalize_optical(pred[:, :, c0:c1], inplace=True)  # pred is not used after this
@@ -248,9 +321,11 @@ def _run_panel(src: Any, run: BatchRunner, sink: Any, lo: int, hi: int, col: int
                 mask_rows[1, :, sl] = np.where(valid, np.rint(100 * weight).astype(np.uint8), np.uint8(MASK_NODATA))
                 mask_rows[2, :, sl] = np.where(valid, conf if composite else 100, np.uint8(MASK_NODATA))
             stats["valid"] += int(valid.sum())
-        out_buf.append(out_rows)
+        out_buf.commit(b - a)
         if mask_buf is not None:
-            mask_buf.append(mask_rows)
+            mask_buf.commit(b - a)
+        if rows_cache is not None:
+            rows_cache.release("composite", b - halo)  # the next rows' halo starts here
 
     def consume(r0: int, r1: int, pred: np.ndarray) -> None:
         """Composite rows [r0, r1), then write whole output blocks (rows of GeoTIFF tiles) once complete."""
@@ -269,7 +344,7 @@ def _run_panel(src: Any, run: BatchRunner, sink: Any, lo: int, hi: int, col: int
 
     cols = None if (lo, hi) == (0, width) else (lo, hi)  # a panel: run only the tiles touching its core
     rows = blend_rows(read, run, height, width, tile, overlap, batch, normalize=normalize, chunk=chunk, cols=cols,
-                      prefetch=read_ahead)
+                      prefetch=read_ahead, buffers=blend_bufs)
     with contextlib.closing(rows):  # stops the read-ahead thread on any error
         if not threaded:
             for r0, r1, pred in rows:

@@ -22,22 +22,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
-import rasterio.errors
-from affine import Affine
-from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
-from rasterio.warp import transform_bounds
-from rasterio.windows import Window
 
 from cloudrt.contract import S1_BANDS, S2_BANDS, SUPPORTED_DTYPES
 from cloudrt.errors import InputError
+
+# rasterio (and affine) are imported inside the functions that open, read or write files, not here: the array
+# path (Runtime.predict, the scene driver, tiling, sinks and sources) must import and run without rasterio
+# installed (e.g. a GPU host with torch and NumPy only).
 
 BLOCK = 256  # output GeoTIFF tile size; the runtime writes whole rows of tiles at a time
 _SUPPORTED_NAMES = tuple(np.dtype(t).name for t in SUPPORTED_DTYPES)
 
 
 def _open(path: str | os.PathLike, what: str) -> Any:
+    import rasterio
+    import rasterio.errors
+
     p = Path(path)
     if not p.exists():
         raise InputError(f"{what} file {p} does not exist; check the path.")
@@ -111,6 +111,8 @@ def open_sar(path: str | os.PathLike) -> Any:
 
 def is_georeferenced(ds: Any) -> bool:
     """True if the dataset has a CRS, a non-identity geotransform, or GCPs."""
+    from affine import Affine
+
     gcps = ds.gcps[0] if ds.gcps else []
     return ds.crs is not None or ds.transform != Affine.identity() or bool(gcps)
 
@@ -147,6 +149,10 @@ def match_grids(optical: Any, sar: Any, align: bool = False) -> Any:
     Without ``align``, S1 must have exactly the S2 grid (size, CRS, transform). With ``align``, S1 is
     reprojected onto the S2 grid on the fly (bilinear; areas outside S1 become NaN, i.e. invalid).
     """
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+    from rasterio.warp import transform_bounds
+
     geo_o, geo_s = is_georeferenced(optical), is_georeferenced(sar)
     if not geo_o and not geo_s:
         if (optical.width, optical.height) != (sar.width, sar.height):
@@ -190,6 +196,9 @@ def match_grids(optical: Any, sar: Any, align: bool = False) -> Any:
 
 def open_writer(path: str | os.PathLike, profile: dict[str, Any]) -> Any:
     """``rasterio.open(path, "w", **profile)`` without the warning for rasters that have no georeferencing."""
+    import rasterio
+    import rasterio.errors
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         return rasterio.open(path, "w", **profile)
@@ -198,6 +207,9 @@ def open_writer(path: str | os.PathLike, profile: dict[str, Any]) -> Any:
 def read_rows(ds: Any, r0: int, r1: int, c0: int = 0, c1: int | None = None) -> np.ndarray:
     """All bands of rows ``[r0, r1)`` and columns ``[c0, c1)`` (default: the full width), read as one
     window, so the buffer is ``O(c1 - c0)``, not ``O(width)``."""
+    import rasterio.errors
+    from rasterio.windows import Window
+
     c1 = ds.width if c1 is None else c1
     try:
         return ds.read(window=Window(c0, r0, c1 - c0, r1 - r0))
@@ -218,6 +230,8 @@ def gdal_env(extra_bytes: int = 0) -> Any:
     """``rasterio.Env`` capping GDAL's block cache to :data:`GDAL_CACHE_MB` (plus ``extra_bytes``, what a
     source needs cached, e.g. :attr:`cloudrt.scene.safe.SafeReader.cache_bytes`) unless ``GDAL_CACHEMAX`` is
     set."""
+    import rasterio
+
     if os.environ.get("GDAL_CACHEMAX"):
         return rasterio.Env()
     # rasterio hands the number to GDAL as bytes

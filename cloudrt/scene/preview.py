@@ -10,8 +10,8 @@ Panels, left to right, each at most ``size`` pixels on its long side (read decim
 4. the confidence band (white: observed, black: reconstructed with no optical evidence left).
 
 The stretch is linear between the 2nd and 98th percentile of each band over the input's clear pixels
-(weight 0; over the output's, or all valid input pixels, when under 1 % of the input is clear); panels 3 and 4 map 0..1 / 0..100 to black..white. Panels are separated by a
-white gutter of :data:`GUTTER` pixels. Panels that cannot be made (no output given) are left out.
+(weight 0; over the output's, or all valid input pixels, when under 1 % of the input is clear); panels 3
+and 4 map 0..1 / 0..100 to black..white. Panels are separated by a white gutter of :data:`GUTTER` pixels. Panels that cannot be made (no output given) are left out.
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from rasterio.windows import Window
 
 
 def cast_output(out: np.ndarray, valid: np.ndarray, dtype: np.dtype, nodata: float | None,
@@ -77,6 +76,8 @@ class RasterSink:
 
     def write(self, r0: int, r1: int, out: np.ndarray | None, mask: np.ndarray | None, col: int = 0) -> None:
         """Rows ``[r0, r1)`` from column ``col`` on, as one window (block-aligned when ``col`` is)."""
+        from rasterio.windows import Window  # here, not at the top: the array path runs without rasterio
+
         if self.dst is not None and out is not None:
             self.dst.write(out, window=Window(col, r0, out.shape[2], r1 - r0))
         if mask is None:

@@ -153,6 +153,39 @@ def tile_weight(tile: int, overlap: int) -> np.ndarray:
     return np.outer(r, r).astype(np.float32)
 
 
+class Scratch:
+    """One reusable buffer: :meth:`take` returns a C-contiguous array of the asked shape and dtype that views
+    the same memory every time (grown only when a larger one is asked for). The scene driver's large
+    per-row-group arrays live in these, so a long scene does not allocate, page in and free tens of MB per
+    row group. An array taken earlier is overwritten by the next :meth:`take`."""
+
+    def __init__(self) -> None:
+        self._buf: np.ndarray | None = None
+
+    def take(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        n = math.prod(shape) * dtype.itemsize
+        if self._buf is None or self._buf.nbytes < n:
+            self._buf = None  # free the old one first
+            self._buf = np.empty(n, dtype=np.uint8)
+        return self._buf[:n].view(dtype).reshape(shape)
+
+
+class BlendBuffers:
+    """The reusable buffers of :func:`blend_rows`: the padded window (optical, SAR, validity), the accumulator
+    and its carried rows, and ``ring`` prediction blocks. One set serves every panel of a scene."""
+
+    def __init__(self, ring: int) -> None:
+        self.ring = max(1, int(ring))
+        self.window = [Scratch() for _ in range(3)]
+        self.acc, self.carry = Scratch(), Scratch()
+        self.preds = [Scratch() for _ in range(self.ring)]
+
+
+def _take(scratch: Scratch | None, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    return np.empty(shape, dtype=dtype) if scratch is None else scratch.take(shape, dtype)
+
+
 def _as_float(o: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return o.astype(np.float32), s.astype(np.float32), np.ones(o.shape[1:], dtype=bool)
 
@@ -171,6 +204,7 @@ def blend_rows(
     chunk: int = 2048,
     cols: tuple[int, int] | None = None,
     prefetch: bool = False,
+    buffers: BlendBuffers | None = None,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Stream the blended prediction of a ``height x width`` scene.
 
@@ -183,7 +217,9 @@ def blend_rows(
     runs only the tiles touching scene columns ``[lo, hi)``: those columns are exact, the others are not
     (a panel's discarded margin). ``prefetch``: read the next group of tile rows in a worker thread while
     the backend runs this one (GDAL releases the GIL; ``read`` must then be safe to call from that thread);
-    the results are identical.
+    the results are identical. ``buffers``: reuse these window, accumulator and prediction buffers across
+    groups (and calls) instead of allocating them per group (flat memory, no heap churn); each yielded
+    ``pred`` is then valid only until ``buffers.ring`` more have been yielded (default: fresh arrays).
     """
     ty, tx = AxisTiling(height, tile, overlap), AxisTiling(width, tile, overlap)
     s, m = ty.stride, ty.margin
@@ -205,10 +241,12 @@ def blend_rows(
     # the read-ahead thread only reads (GDAL decompresses without the GIL); the normalized float32 window,
     # twice the size of the raw rows, is made here, so at most one window exists at a time
     raws = _Prefetch(read_group, groups) if prefetch else (read_group(j, k) for j, k in groups)
-    windows = (_window(raw, rows, col_map, pad_cols, tx.margin, normalize, chunk) for raw, rows in raws)
+    scratch = buffers.window if buffers is not None else None
+    windows = (_window(raw, rows, col_map, pad_cols, tx.margin, normalize, chunk, scratch)
+               for raw, rows in raws)
     try:
         yield from _blend_groups(windows, groups, run, height, width, tile, weight, tx, bands_out, batch,
-                                 col_origins)
+                                 col_origins, buffers)
     finally:
         if isinstance(raws, _Prefetch):
             raws.close()
@@ -216,19 +254,23 @@ def blend_rows(
 
 def _blend_groups(windows: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]], groups: list[tuple[int, int]],
                   run: BatchRunner, height: int, width: int, tile: int, weight: np.ndarray, tx: AxisTiling,
-                  bands_out: int, batch: int, col_origins: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+                  bands_out: int, batch: int, col_origins: np.ndarray,
+                  buffers: BlendBuffers | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
     """The run-and-accumulate half of :func:`blend_rows`, one group of tile rows per window."""
     s, m = tx.stride, tx.margin
     ty_count = groups[-1][0] + groups[-1][1]
     carry: np.ndarray | None = None  # accumulated (bands_out + 1, overlap, padded width) from the last group
+    acc_s, carry_s = (buffers.acc, buffers.carry) if buffers is not None else (None, None)
+    n_pred = 0
     next_row = 0  # first scene row not yet yielded
     for (j, k), (opt, sar, valid) in zip(groups, windows, strict=True):
         p0 = j * s  # padded rows of this group's window: [p0, p1)
         p1 = (j + k - 1) * s + tile
 
-        acc = np.zeros((bands_out + 1, p1 - p0, tx.padded), dtype=np.float32)
+        acc = _take(acc_s, (bands_out + 1, p1 - p0, tx.padded), np.float32)
         if carry is not None:
             acc[:, : carry.shape[1]] = carry
+        acc[:, carry.shape[1] if carry is not None else 0 :] = 0.0
 
         jobs = [(gy * s, int(x0)) for gy in range(k) for x0 in col_origins]
         jobs = [(y0, x0) for y0, x0 in jobs if valid[y0 : y0 + tile, x0 : x0 + tile].any()]
@@ -251,13 +293,20 @@ def _blend_groups(windows: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]], 
         opt = sar = valid = None  # free the window before yielding
         last = j + k == ty_count
         done_p = p1 if last else (j + k) * s  # padded rows < done_p are final
-        carry = None if last else acc[:, done_p - p0 :].copy()
+        carry = None
+        if not last:
+            carry = _take(carry_s, (acc.shape[0], p1 - done_p, acc.shape[2]), np.float32)
+            carry[...] = acc[:, done_p - p0 :]
         r_end = min(height, done_p - m)
         if r_end > next_row:
             a = acc[:, next_row + m - p0 : r_end + m - p0, tx.margin : tx.margin + width]
             wsum = a[bands_out]
-            pred = np.zeros(a[:bands_out].shape, dtype=np.float32)
-            np.divide(a[:bands_out], wsum, out=pred, where=wsum > 0)
+            ring = buffers.preds[n_pred % buffers.ring] if buffers is not None else None
+            pred = _take(ring, a[:bands_out].shape, np.float32)
+            n_pred += 1
+            # a / wsum where a tile covered the pixel (wsum > 0: every tile weight is > 0), else 0: there a == 0
+            # (nothing was added), so dividing by 1 gives the same 0 without filling the block first
+            np.divide(a[:bands_out], np.where(wsum > 0, wsum, np.float32(1.0)), out=pred)
             a = wsum = acc = None
             yield next_row, r_end, pred
             pred = None  # do not hold the consumer's rows while computing the next group
@@ -295,9 +344,12 @@ class _Prefetch:
 
 
 def _window(raw: tuple[np.ndarray, np.ndarray], rows: np.ndarray, col_map: np.ndarray, pad_cols: np.ndarray,
-            margin: int, normalize: Normalizer, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            margin: int, normalize: Normalizer, chunk: int,
+            scratch: list[Scratch] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The padded, normalized window: rows picked by ``rows`` (reflection at the scene's top/bottom),
-    columns reflect-padded by ``col_map``; normalization by column chunks into preallocated arrays."""
+    columns reflect-padded by ``col_map``; normalization by column chunks into preallocated arrays (the
+    ``scratch`` buffers of optical, SAR and validity when given)."""
+    so, ss, sv = scratch or (None, None, None)
     ro, rs = raw
     if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
         ro, rs = ro[:, rows[0] : rows[0] + len(rows)], rs[:, rows[0] : rows[0] + len(rows)]
@@ -305,13 +357,13 @@ def _window(raw: tuple[np.ndarray, np.ndarray], rows: np.ndarray, col_map: np.nd
         ro, rs = np.take(ro, rows, axis=1), np.take(rs, rows, axis=1)
     n, width, padded = len(rows), ro.shape[2], len(col_map)
     opt = sar = None
-    valid = np.empty((n, padded), dtype=bool)
+    valid = _take(sv, (n, padded), bool)
     for c0 in range(0, width, chunk):
         c1 = min(width, c0 + chunk)
         o, s, v = normalize(ro[:, :, c0:c1], rs[:, :, c0:c1])
         if opt is None or sar is None:
-            opt = np.empty((o.shape[0], n, padded), dtype=np.float32)
-            sar = np.empty((s.shape[0], n, padded), dtype=np.float32)
+            opt = _take(so, (o.shape[0], n, padded), np.float32)
+            sar = _take(ss, (s.shape[0], n, padded), np.float32)
         opt[:, :, margin + c0 : margin + c1], sar[:, :, margin + c0 : margin + c1] = o, s
         valid[:, margin + c0 : margin + c1] = v
     assert opt is not None and sar is not None

@@ -20,6 +20,7 @@ import numpy as np
 
 from cloudrt._deps import require
 from cloudrt.errors import InputError, ModelError
+from cloudrt.preprocess.composite import composite, composite_weight
 from cloudrt.preprocess.mask import cloud_mask
 from cloudrt.preprocess.normalize import normalize_optical, normalize_sar
 from cloudrt.train.discovery import Sample, find_samples, load_sample
@@ -117,7 +118,8 @@ def evaluate(
     ``predict_fn(optical, sar) -> prediction`` (batched NumPy, [0, 1] units) replaces the model.
     ``samples`` restricts to these triplets (Sample objects or names); ``split`` picks the region/scene
     subset of :func:`cloudrt.train.splits.split_samples` with ``seed``. Keys: data, weights, split, n, mean,
-    identity{mean}, reference{n, mean, model, identity} (only where reference/ exists; model and identity
+    composited{mean} (the model output composited with the soft weight, as ``cloudrt infer`` writes it),
+    identity{mean}, reference{n, mean, model, composited, identity} (only where reference/ exists; model and identity
     re-averaged on those same patches), per_patch, by_cloud_cover{bin: n, mean, identity, reference?}.
     """
     chosen = _resolve_samples(data_dir, samples, split, seed)
@@ -145,10 +147,13 @@ def evaluate(
             target = normalize_optical(raw["s2"])
             frac, src = _cloud_fraction(raw, mask_method)
             ident = all_metrics(o, target, ssim_padding)
+            weight = composite_weight(raw["s2_cloudy"])
+            comp = composite(p, o, weight)  # what `cloudrt infer` writes (soft compositing, docs/method.md)
             row: dict[str, Any] = {
                 "name": s.name, "region": s.region, "scene": s.scene, "patch": s.patch,
                 "cloud_cover": frac, "cloud_cover_source": src, "cloud_cover_bin": cloud_cover_bin(frac),
                 "model": dict(ident) if np.array_equal(p, o) else all_metrics(p, target, ssim_padding),
+                "composited": all_metrics(comp, target, ssim_padding), "replaced": float(weight.mean()),
                 "identity": ident,
             }
             if "reference" in raw:
@@ -161,6 +166,7 @@ def evaluate(
                     "ssim": f"gaussian 11x11 sigma 1.5, padding {ssim_padding}, mean of 13 bands",
                     "mae": "[0, 1] scale", "sam": "degrees"},
         "mean": mean_metrics([r["model"] for r in rows]),
+        "composited": {"mean": mean_metrics([r["composited"] for r in rows])},
         "identity": {"mean": mean_metrics([r["identity"] for r in rows])},
     }
     ref_rows = [r for r in rows if "reference" in r]
@@ -188,6 +194,7 @@ def _ref_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "n": len(rows),
         "mean": mean_metrics([r["reference"] for r in rows]),
         "model": {"mean": mean_metrics([r["model"] for r in rows])},
+        "composited": {"mean": mean_metrics([r["composited"] for r in rows])},
         "identity": {"mean": mean_metrics([r["identity"] for r in rows])},
     }
 
