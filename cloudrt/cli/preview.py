@@ -23,10 +23,13 @@ def register(app: typer.Typer) -> None:
         reference: Path | None = typer.Option(None, "--reference", help="A clear image of the same ground "
                                               "(e.g. a SEN12MS-CR target), shown after the output.",
                                               show_default=False),
+        confidence: Path | None = typer.Option(None, "--confidence", help="The --confidence-out file of that run.",
+                                               show_default=False),
         size: int = typer.Option(512, "--size", help="Long side of each panel in pixels."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing PNG."),
     ) -> None:
         """RGB (B4, B3, B2) quicklook: input | output | [reference] (one stretch) | weight | confidence."""
-        img = make_preview(optical, output=output, mask=mask, size=size, reference=reference)
+        img = make_preview(optical, output=output, mask=mask, size=size, reference=reference,
+                           confidence=confidence)
         write_png(img, png, overwrite=overwrite)
         typer.echo(f"wrote {png} ({img.shape[2]}x{img.shape[1]})", err=True)

@@ -15,11 +15,12 @@ _BASE: dict[str, Any] = {
 # Choices the paper leaves open, per preset: reconfiguration scale s, feature channels C, RDB growth and
 # depth, J RDBs per fusion module (J-1 Swin blocks), N stages, heads, window, IRN width.
 PRESETS: dict[str, dict[str, Any]] = {
-    # Small and fast: tests and CPUs. Feature map is H/4; size divisor 32.
+    # Small and fast: tests and CPUs. Feature map is H/4; size divisor 32. Widths are multiples of 16.
     "carf-tiny": dict(scale=4, channels=32, growth=16, rdb_layers=2, num_rdb=3, num_stages=2,
                       heads=2, window=8, irn_channels=16),
-    # The shipped demo model: trainable on a CPU in under an hour, deployable at the edge.
-    "carf-small": dict(scale=4, channels=48, growth=16, rdb_layers=3, num_rdb=3, num_stages=3,
+    # The shipped demo model, deployable at the edge. Every concatenation is a multiple of 16 channels
+    # (48 + k * 32 in the RDBs, 144 and 96 in fusion): ONNX Runtime's NCHWc layout then needs no reorders.
+    "carf-small": dict(scale=4, channels=48, growth=32, rdb_layers=3, num_rdb=3, num_stages=3,
                        heads=3, window=8, irn_channels=16),
     # The paper's design at a practical size: s=2, 64 channels, J=3, N=4. Size divisor 16.
     "carf-base": dict(scale=2, channels=64, growth=32, rdb_layers=4, num_rdb=3, num_stages=4,

@@ -16,7 +16,9 @@ evidence, each a linear ramp ``ramp(x, a, b)`` from 0 at ``a`` to 1 at ``b``, on
   about 0.65-0.9 on the samples), bright roofs and concrete do not (about 1);
 - **haze / thin cloud**: the haze-optimized transform ``HOT = B2 - 0.5 B4 - 0.08`` ramped from 0.025 to 0.08
   (Zhang et al. 2002: haze lifts blue above red; clear land, bright or dark, stays below), void over snow
-  (``ramp(NDSI, 0.6, 0.4)``) and over blue roofs (the not-roof factor);
+  (``ramp(NDSI, 0.6, 0.4)``) and over roofs: the not-roof factor, and ``ramp(B1 - B2, -0.03, 0)``
+  (scattering by haze lifts the coastal band B1 at least as much as blue B2; blue paint reflects far less
+  in B1 than in B2);
 - **cirrus**: B10 (1375 nm, absorbed by water vapour below high cloud) ramped from 0.05 to 0.12 (thin
   cirrus up to about 0.04 leaves the ground clearly visible and is kept);
 - **cloud shadow**: dark pixels, ``ramp((B8 + B11) / 2, 0.12, 0.06)``, counted only within
@@ -52,6 +54,7 @@ B1, B2, B3, B4, B8, B10, B11, B12 = (_I[b] for b in ("B1", "B2", "B3", "B4", "B8
 THICK_RAMP = (0.15, 0.45)  # on the eq. 13 score
 GROUND_RATIO_RAMP = (1.7, 1.3)  # B11 / B2: bright ground above 1.7, cloud below 1.3
 ROOF_RATIO_RAMP = (0.97, 0.88)  # B12 / B11: roofs and concrete about 1, cloud droplets 0.65-0.9
+BLUE_PAINT_RAMP = (-0.03, 0.0)  # B1 - B2: haze lifts B1 at least as much as B2; blue paint reflects less in B1
 HOT_RAMP = (0.025, 0.08)
 SNOW_NDSI_RAMP = (0.6, 0.4)  # no cloud or haze evidence over snow (NDSI >= 0.6, eq. 16)
 CIRRUS_RAMP = (0.05, 0.12)
@@ -97,7 +100,8 @@ def cloud_evidence(dn: np.ndarray, valid: np.ndarray | None = None) -> dict[str,
     not_roof = ramp(x[B12] / np.maximum(x[B11], 1e-4), *ROOF_RATIO_RAMP)
     not_snow = ramp(ndsi, *SNOW_NDSI_RAMP)
     thick = ramp(score, *THICK_RAMP) * ramp(ratio, *GROUND_RATIO_RAMP) * not_roof * not_snow * ok
-    haze = ramp(x[B2] - 0.5 * x[B4] - 0.08, *HOT_RAMP) * not_snow * not_roof * ok
+    not_blue_roof = ramp(x[B1] - x[B2], *BLUE_PAINT_RAMP)
+    haze = ramp(x[B2] - 0.5 * x[B4] - 0.08, *HOT_RAMP) * not_snow * not_roof * not_blue_roof * ok
     cirrus = ramp(x[B10], *CIRRUS_RAMP) * ok
     core = ndimage.binary_erosion(thick > 0.6, iterations=2)  # real cloud bodies, not bright roofs
     near = ndimage.maximum_filter(core, size=2 * SHADOW_REACH + 1, mode="constant", cval=0)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from cloudrt._version import __version__
-from cloudrt.contract import S2_BANDS
+from cloudrt.contract import S1_BANDS, S1_CLIP, S2_BANDS
 from cloudrt.errors import InputError
 from cloudrt.preprocess.mask import METHODS, cloud_mask
 from cloudrt.preprocess.normalize import check_optical, check_sar
@@ -127,10 +127,11 @@ results are identical for any value, memory grows with it). File scenes run with
         """Cloud mask (H, W) bool of a (13, H, W) DN scene (:func:`cloudrt.preprocess.mask.cloud_mask`)."""
         return cloud_mask(np.asarray(optical_dn), method=method or self.mask_method)
 
-    def predict(self, optical_dn: np.ndarray, sar_db: np.ndarray, *, mask: np.ndarray | None = None,
+    def predict(self, optical_dn: np.ndarray, sar_db: np.ndarray | None, *, mask: np.ndarray | None = None,
                 composite: bool = True, nodata: float | None = None, sar_nodata: float | None = None,
                 progress: Progress | None = None, return_confidence: bool = False) -> Any:
         """Cloud-free (13, H, W) float32 DN from optical (13, H, W) DN and SAR (2, H, W) dB, any H and W.
+        ``sar_db=None``: no SAR (the model was trained with SAR dropout; expect less under thick cloud).
 
         The output is ``w * model + (1 - w) * input`` with the soft weight ``w`` of
         :mod:`cloudrt.preprocess.composite` (0 where the ground shows clearly: those pixels come back
@@ -140,7 +141,11 @@ results are identical for any value, memory grows with it). File scenes run with
         Pixels that are NaN/inf or ``nodata`` in the optical input come back as ``nodata`` (NaN when
         ``nodata`` is None).
         """
-        optical_dn, sar_db = np.asarray(optical_dn), np.asarray(sar_db)
+        optical_dn = np.asarray(optical_dn)
+        if sar_db is None:  # no SAR: the normalized "no signal" value, as in training (SAR dropout)
+            floor = np.array([S1_CLIP[b][0] for b in S1_BANDS], dtype=np.float32)[:, None, None]
+            sar_db = np.broadcast_to(floor, (len(S1_BANDS), *optical_dn.shape[-2:]))
+        sar_db = np.asarray(sar_db)
         check_optical(optical_dn)
         check_sar(sar_db)
         if optical_dn.shape[1:] != sar_db.shape[1:]:

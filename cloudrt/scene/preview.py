@@ -7,11 +7,13 @@ Panels, left to right, each at most ``size`` pixels on its long side (read decim
    (and, with ``reference``, a clear image of the same ground, same stretch, e.g. a SEN12MS-CR target);
 3. the compositing weight (black: input kept, white: model output), from ``--mask`` band 2 when given,
    else computed from the input (:func:`cloudrt.preprocess.composite.composite_weight`);
-4. the confidence band (white: observed, black: reconstructed with no optical evidence left).
+4. the confidence band (white: observed, black: reconstructed with no optical evidence left), from
+   ``--confidence`` when given, else ``100 (1 - weight)`` with ``--mask``, else computed from the input.
 
 The stretch is linear between the 2nd and 98th percentile of each band over the input's clear pixels
 (weight 0; over the output's, or all valid input pixels, when under 1 % of the input is clear); panels 3
-and 4 map 0..1 / 0..100 to black..white. Panels are separated by a white gutter of :data:`GUTTER` pixels. Panels that cannot be made (no output given) are left out.
+and 4 map 0..1 / 0..100 to black..white. Panels are separated by a white gutter of :data:`GUTTER` pixels.
+Panels that cannot be made (no output given) are left out.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ def _grey(a: np.ndarray) -> np.ndarray:
 
 def make_preview(optical: str | os.PathLike, output: str | os.PathLike | None = None,
                  mask: str | os.PathLike | None = None, size: int = 512,
-                 reference: str | os.PathLike | None = None) -> np.ndarray:
+                 reference: str | os.PathLike | None = None,
+                 confidence: str | os.PathLike | None = None) -> np.ndarray:
     """The side-by-side quicklook as a (3, H, W) uint8 array (see the module docstring)."""
     if size < 16:
         raise InputError(f"preview size {size} is too small; pass --size 256 or more.")
@@ -97,6 +100,13 @@ def make_preview(optical: str | os.PathLike, output: str | os.PathLike | None = 
             raise InputError(f"--mask {mask} has shape {m.shape[1:]} but --optical has {dn.shape[1:]}; "
                              "pass the mask written with --mask-out for this input.")
         weight = np.where(m[0] == 255, 0.0, m[0] / 100.0) if two else (m[0] == 1).astype(np.float64)
+        conf = np.rint(100 * (1 - weight)).astype(np.uint8)  # a given weight: cloud taken as opaque
+    if confidence is not None:  # the --confidence-out file of that run
+        c, _ = _read_small(confidence, size, bands=[1])
+        if c.shape[1:] != dn.shape[1:]:
+            raise InputError(f"--confidence {confidence} has shape {c.shape[1:]} but --optical has "
+                             f"{dn.shape[1:]}; pass the file written with --confidence-out for this input.")
+        conf = np.where(c[0] == 255, 100, c[0])
     panels += [_grey(weight), _grey(conf / 100.0)]
     h, w = panels[0].shape[1:]
     canvas = np.full((3, h, len(panels) * w + (len(panels) - 1) * GUTTER), 255, dtype=np.uint8)

@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import rasterio
-import rasterio.errors
 
 from cloudrt.errors import InputError
 from cloudrt.preprocess.normalize import check_optical, check_sar
@@ -153,6 +151,11 @@ def _find_official(root: Path) -> list[Sample]:
 
 def read_raster(path: Path) -> np.ndarray:
     """All bands of a raster file as an array; one-line InputError if it cannot be read."""
+    # rasterio is imported here, not at module top: cloudrt.train.loop imports this module, and training from a
+    # packed .npz (scripts/gpu_train.py) must run on lent GPU hosts that have no rasterio
+    import rasterio
+    import rasterio.errors
+
     try:
         with warnings.catch_warnings():  # oriolac_* patches carry no georeferencing; that is fine here
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
