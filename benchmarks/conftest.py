@@ -117,35 +117,6 @@ def onnx_fp16(spec: Any, settings: BenchSettings) -> Path:
 # a trivially cheap model with the cloudrt ONNX contract: measures everything except the network
 
 
-def identity_onnx(path: Path, tile: int) -> Path:
-    """``optical_clear = optical + 0 * mean_c(sar)``: reads both inputs, costs ~nothing."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    if path.is_file():
-        return path
-    o = helper.make_tensor_value_info("optical", TensorProto.FLOAT, ["N", 13, tile, tile])
-    s = helper.make_tensor_value_info("sar", TensorProto.FLOAT, ["N", 2, tile, tile])
-    y = helper.make_tensor_value_info("optical_clear", TensorProto.FLOAT, ["N", 13, tile, tile])
-    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
-    nodes = [
-        helper.make_node("ReduceMean", ["sar"], ["sar_mean"], axes=[1], keepdims=1),
-        helper.make_node("Mul", ["sar_mean", "zero"], ["sar_zero"]),
-        helper.make_node("Add", ["optical", "sar_zero"], ["optical_clear"]),
-    ]
-    graph = helper.make_graph(nodes, "identity", [o, s], [y], initializer=[zero])
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="cloudrt-bench")
-    helper.set_model_props(m, {"tile": str(tile), "precision": "fp32", "preset": "identity (benchmark)"})
-    onnx.checker.check_model(m)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(m, str(path))
-    return path
-
-
-# --------------------------------------------------------------------------------------------------
-# synthetic scenes, written by rows
-
-
 def bench_dir() -> Path:
     env = os.environ.get("CLOUDRT_BENCH_DIR")
     if env:

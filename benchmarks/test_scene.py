@@ -21,7 +21,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import bench_dir, identity_onnx, run_scene_process, synthetic_scene
+from conftest import bench_dir, run_scene_process, synthetic_scene
+
+from cloudrt.bench.scene import identity_onnx
 
 RESULTS: dict[str, dict[str, Any]] = {}
 
