@@ -433,3 +433,31 @@ def test_bundled_sample_is_small_real_and_attributed() -> None:
     assert "CC-BY 4.0" in readme and "Ebel" in readme and "Copernicus Sentinel" in readme
     with rasterio.open(SAMPLE_DIR / "s2_cloudy" / FALL) as s2, rasterio.open(SAMPLE_DIR / "s1" / FALL) as s1:
         assert (s2.count, s1.count, s2.crs, s2.transform) == (13, 2, s1.crs, s1.transform)
+
+
+def test_no_sar_runs_on_optical_alone(model: Path, samples: Path, tmp_path: Path) -> None:
+    """--no-sar: the model gets the normalized "no SAR" input (0), as Runtime.predict(dn, None) does."""
+    from cloudrt.runtime import Runtime
+
+    out = tmp_path / "o.tif"
+    opt = samples / "s2_cloudy" / FALL
+    assert main(_infer(model, "--optical", opt, "--no-sar", "-o", out)) == 0
+    with rasterio.open(opt) as s, rasterio.open(out) as o:
+        dn, got = s.read(), o.read()
+        assert o.crs == s.crs and o.transform == s.transform
+    ref = Runtime(model).predict(dn, None)
+    assert np.abs(got.astype(np.float64) - np.rint(ref)).max() <= 1
+    with_sar = tmp_path / "s.tif"
+    assert main(_infer(model, "--optical", opt, "--sar", samples / "s1" / FALL, "-o", with_sar)) == 0
+    with rasterio.open(with_sar) as w:
+        assert (w.read() != got).any()  # the SAR evidence does change the reconstruction
+
+
+def test_no_sar_conflicts_are_one_line(model: Path, samples: Path, tmp_path: Path, capsys) -> None:
+    opt = samples / "s2_cloudy" / FALL
+    assert main(_infer(model, "--optical", opt, "--no-sar", "--sar", samples / "s1" / FALL, "-o",
+                       tmp_path / "a.tif")) == 2
+    assert main(_infer(model, "--optical", opt, "-o", tmp_path / "b.tif")) == 2
+    err = capsys.readouterr().err
+    assert "--no-sar is for a single scene" in err and "missing --sar" in err and "--no-sar instead" in err
+    assert not list(tmp_path.glob("*.tif"))

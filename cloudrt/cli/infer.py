@@ -30,6 +30,9 @@ def register(app: typer.Typer) -> None:
                                             show_default=False),
         sar: Path | None = typer.Option(None, "--sar", help="Sentinel-1 GeoTIFF, 2 bands VV, VH (sigma0; dB or "
                                         "linear, see --sar-units).", show_default=False),
+        no_sar: bool = typer.Option(False, "--no-sar", help="No Sentinel-1 for this scene: reconstruct from the "
+                                    "optical evidence alone (the model was trained with SAR dropout; weaker under "
+                                    "thick cloud)."),
         output: Path | None = typer.Option(None, "-o", "--output", help="Output GeoTIFF (13 bands, like the input).",
                                            show_default=False),
         model: Path | None = typer.Option(None, "--model", help="ONNX model, TensorRT engine or .safetensors "
@@ -91,10 +94,13 @@ def register(app: typer.Typer) -> None:
             if input_dir is None or output_dir is None or optical or sar or output:
                 raise InputError("batch mode takes --input-dir and --output-dir (and not --optical/--sar/-o); "
                                  "pass both folders.")
-        elif optical is None or sar is None or output is None:
-            missing = [n for n, v in (("--optical", optical), ("--sar", sar), ("-o", output)) if v is None]
+        if no_sar and (sar is not None or batch_mode):
+            raise InputError("--no-sar is for a single scene without --sar; drop --sar (or --no-sar).")
+        if not batch_mode and (optical is None or (sar is None and not no_sar) or output is None):
+            missing = [n for n, v in (("--optical", optical), ("--sar", sar or no_sar), ("-o", output)) if not v]
             raise InputError(f"missing {', '.join(missing)}; pass --optical S2.tif --sar S1.tif -o OUT.tif "
-                             "(or --input-dir DIR --output-dir DIR).")
+                             "(--no-sar instead of --sar for a scene without Sentinel-1; or --input-dir DIR "
+                             "--output-dir DIR).")
         if (ray or ray_address or gpus_per_task) and not batch_mode:
             raise InputError("--ray, --ray-address and --gpus-per-task run a batch; pass --input-dir and "
                              "--output-dir.")
@@ -151,7 +157,8 @@ def _run_one(optical: Path, sar: Path, output: Path, mask_out: Path | None, opts
              quiet: bool, confidence_out: Path | None = None) -> None:
     for p in (output, mask_out, confidence_out):
         if p is not None:
-            check_output_path(p, settings.overwrite, inputs=(optical, sar), create_parent=True)
+            check_output_path(p, settings.overwrite, inputs=tuple(i for i in (optical, sar) if i is not None),
+                              create_parent=True)
     if mask_out is not None and Path(mask_out).resolve() == Path(output).resolve():
         raise InputError("--mask-out is the same file as -o; choose another mask path.")
     outs = [Path(p).resolve() for p in (output, mask_out, confidence_out) if p is not None]

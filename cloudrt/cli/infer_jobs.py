@@ -146,7 +146,8 @@ def _write_stac(rt: Any, job: Job, output: Path, mask_out: Path | None, settings
     model = getattr(rt.backend, "path", None)
     options = {"tile": rt.tile, "overlap": rt.overlap, "batch": rt.batch, "mask_method": rt.mask_method,
                **asdict(settings), "decisions": notes}
-    item = make_item(output, inputs={"optical": job.args["optical"], "sar": job.args["sar"]},
+    inputs = {k: job.args[k] for k in ("optical", "sar") if job.args.get(k) is not None}
+    item = make_item(output, inputs=inputs,
                      model=str(model) if model else "in-memory module",
                      model_sha256=_sha256(str(model)) if model and Path(model).is_file() else "",
                      backend=rt.backend_name, options=options, version=__version__, mask=mask_out,

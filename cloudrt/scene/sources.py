@@ -13,9 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from cloudrt.contract import S1_BANDS, S1_CLIP
 from cloudrt.errors import InputError
 from cloudrt.preprocess.normalize import valid_mask
 from cloudrt.scene.io import match_grids, open_optical, open_sar, read_rows
+
+NO_SAR_DB = np.array([S1_CLIP[b][0] for b in S1_BANDS], dtype=np.float32)[:, None, None]
 
 
 class ArraySource:
@@ -42,21 +45,24 @@ class ArraySource:
 class RasterSource:
     """A scene read from rasterio datasets by windows (SAR possibly a WarpedVRT onto the optical grid)."""
 
-    def __init__(self, optical_ds: Any, sar_ds: Any, sar_file_ds: Any | None = None) -> None:
+    def __init__(self, optical_ds: Any, sar_ds: Any | None, sar_file_ds: Any | None = None) -> None:
         self.ods, self.sds = optical_ds, sar_ds
         self._sar_file = sar_file_ds
         self.height, self.width = optical_ds.height, optical_ds.width
         self.nodata = optical_ds.nodata
-        self.sar_nodata = sar_ds.nodata
+        self.sar_nodata = sar_ds.nodata if sar_ds is not None else None
         self.dtype = np.dtype(optical_ds.dtypes[0])
         self.optical_name = f"optical (S2) {optical_ds.name}"
-        self.sar_name = f"SAR (S1) {(sar_file_ds or sar_ds).name}"
+        self.sar_name = f"SAR (S1) {(sar_file_ds or sar_ds).name}" if sar_ds is not None else "no SAR"
         self.notes: list[str] = []  # what open_scene decided about units and scales, for the log
 
     def optical(self, r0: int, r1: int, c0: int = 0, c1: int | None = None) -> np.ndarray:
         return read_rows(self.ods, r0, r1, c0, c1)
 
     def sar(self, r0: int, r1: int, c0: int = 0, c1: int | None = None) -> np.ndarray:
+        if self.sds is None:  # no SAR: the lower clip of each band, which normalizes to 0 ("no signal")
+            cols = (self.width if c1 is None else c1) - c0
+            return np.broadcast_to(NO_SAR_DB, (len(NO_SAR_DB), r1 - r0, cols))
         return read_rows(self.sds, r0, r1, c0, c1)
 
     def mask(self, r0: int, r1: int, c0: int = 0, c1: int | None = None) -> None:
@@ -74,16 +80,29 @@ class RasterSource:
         self.close()
 
 
-def open_scene(optical: str | Path, sar: str | Path, align: bool = False, sar_units: str = "auto",
+def open_scene(optical: str | Path, sar: str | Path | None, align: bool = False, sar_units: str = "auto",
                optical_scale: str = "dn") -> RasterSource:
     """Open and validate an S2/S1 pair (bands, dtype, value conventions, grids, any valid pixel); InputError
     otherwise. ``optical`` may be a GeoTIFF, a Sentinel-2 L1C SAFE product or a STAC Item (see
     :func:`~cloudrt.scene.io.open_optical`). ``sar_units`` (``auto``, ``db``, ``linear``) and ``optical_scale``
     (``dn``, ``reflectance``) are checked on a sample (:mod:`cloudrt.scene.units`); linear SAR is read as dB
-    and 0..1 reflectance as DN. The decisions are in the source's ``notes`` for the log."""
+    and 0..1 reflectance as DN. ``sar=None``: no SAR at all (the model was trained with SAR dropout; it
+    reconstructs from optical context alone, weaker under thick cloud). The decisions are in the source's
+    ``notes`` for the log."""
     from cloudrt.scene.units import DbView, ReflectanceView, check_optical_scale, resolve_sar_units, sample_values
 
     ods = open_optical(optical)
+    if sar is None:
+        src = RasterSource(ods, None)
+        try:
+            check_has_valid(src)
+            note_o = check_optical_scale(sample_values(ods), ods.dtypes[0], optical_scale, ods.nodata)
+        except BaseException:
+            src.close()
+            raise
+        src.ods = ReflectanceView(ods) if optical_scale == "reflectance" else ods
+        src.notes = [note_o, "no SAR: optical evidence only (the model was trained with SAR dropout)"]
+        return src
     sds = None
     try:
         sds = open_sar(sar)

@@ -101,7 +101,7 @@ def panel_window(c0: int, c1: int, length: int, tile: int, overlap: int, reach: 
     ``x0 <= c0 - (tile - margin)``; on the right ``x1`` is the end of the last tile starting before ``c1``.
     So every tile touching the core lies wholly inside the window (same data, weights, skip decision and
     summation order). At the scene's edges the window also keeps the columns the edge tiles' reflect padding
-    mirrors. ``reach``: the halo of other windowed per-pixel work (masks, feathering), which then
+    mirrors. ``reach``: the halo of other windowed per-pixel work (masks, the compositing weight), which then
     also sees the same data for every core pixel.
     """
     s, m = tile - overlap, overlap
