@@ -4,6 +4,10 @@ synthetic GeoTIFF scenes, and float64 NumPy references of those models."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +129,32 @@ def write_tif(path: Path, data: np.ndarray, crs: str | None = "EPSG:32631",
             for i, d in enumerate(descriptions, 1):
                 dst.set_band_description(i, d)
     return Path(path)
+
+
+GPU_HOST_MISSING = ("rasterio", "affine", "kornia")  # what a lent GPU host lacks (docs/benchmarks.md)
+
+
+def run_script_without(script: Path, argv: list[str], cwd: Path, blocked: tuple[str, ...] = GPU_HOST_MISSING,
+                       env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``script`` with ``argv`` in a fresh interpreter where importing any of ``blocked`` raises, and check
+    afterwards that none of them was imported (as on a lent GPU host)."""
+    code = textwrap.dedent(f"""
+        import runpy, sys
+
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {tuple(blocked)!r}:
+                    raise ImportError("blocked: " + name)
+
+        sys.meta_path.insert(0, Block())
+        sys.argv = [{script.name!r}, *{list(argv)!r}]
+        try:
+            runpy.run_path({str(script)!r}, run_name="__main__")
+        except SystemExit as e:
+            if e.code:
+                raise
+        assert not [m for m in {tuple(blocked)!r} if m in sys.modules]
+    """)
+    full_env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env=full_env)

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from runtime_helpers import run_script_without
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
@@ -28,28 +26,8 @@ def _load_script():
 
 
 def _run_blocked(out: Path, *args: str) -> subprocess.CompletedProcess:
-    """Run the script in a fresh interpreter where ``import rasterio``, ``affine`` and ``kornia`` raise."""
-    code = textwrap.dedent(f"""
-        import runpy, sys
-
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("rasterio", "affine", "kornia"):
-                    raise ImportError("blocked: " + name)
-
-        sys.meta_path.insert(0, Block())
-        sys.argv = ["gpu_check.py", "--out", {str(out)!r}, *{list(args)!r}]
-        try:
-            runpy.run_path({str(SCRIPT)!r}, run_name="__main__")
-        except SystemExit as e:
-            if e.code:
-                raise
-        assert "kornia" not in sys.modules
-        assert "rasterio" not in sys.modules and "affine" not in sys.modules  # the runtime runs without them
-    """)
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO,
-                          env=env)
+    """Run the script where ``import rasterio``, ``affine`` and ``kornia`` raise (as on a lent GPU host)."""
+    return run_script_without(SCRIPT, ["--out", str(out), *args], cwd=REPO)
 
 
 def test_tiny_cpu_run_without_rasterio_and_kornia(tmp_path: Path) -> None:

@@ -5,14 +5,13 @@ the weights and a per-patch evaluation (raw, composited, identity)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+from runtime_helpers import run_script_without
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_train.py"
@@ -35,27 +34,8 @@ def _records(rng: np.random.Generator, names: list[str]) -> list[Record]:
 
 
 def _run_blocked(*args: str) -> subprocess.CompletedProcess:
-    """Run the script in a fresh interpreter where ``import rasterio``, ``affine`` and ``kornia`` raise."""
-    code = textwrap.dedent(f"""
-        import runpy, sys
-
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("rasterio", "affine", "kornia"):
-                    raise ImportError("blocked: " + name)
-
-        sys.meta_path.insert(0, Block())
-        sys.argv = ["gpu_train.py", *{list(args)!r}]
-        try:
-            runpy.run_path({str(SCRIPT)!r}, run_name="__main__")
-        except SystemExit as e:
-            if e.code:
-                raise
-        assert "kornia" not in sys.modules and "rasterio" not in sys.modules
-    """)
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "2"}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO,
-                          env=env)
+    """Run the script where ``import rasterio``, ``affine`` and ``kornia`` raise (as on a lent GPU host)."""
+    return run_script_without(SCRIPT, list(args), cwd=REPO, env={"OMP_NUM_THREADS": "2"})
 
 
 def test_tiny_cpu_train_and_eval_without_rasterio_and_kornia(tmp_path: Path) -> None:
