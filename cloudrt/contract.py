@@ -21,6 +21,9 @@ S2_SCALE = 10000.0
 S2_CLIP = (0.0, 10000.0)
 S1_CLIP = {"VV": (-25.0, 0.0), "VH": (-32.5, 0.0)}
 
+#: No SAR: the lower clip of each band (dB), which normalizes to 0, the value SAR dropout trains with.
+NO_SAR_DB = np.array([S1_CLIP[b][0] for b in S1_BANDS], dtype=np.float32)[:, None, None]
+
 NORMALIZATION = {
     "optical": {"bands": list(S2_BANDS), "clip": list(S2_CLIP), "scale": S2_SCALE},
     "sar": {"bands": list(S1_BANDS), "clip": {k: list(v) for k, v in S1_CLIP.items()}},

@@ -235,7 +235,7 @@ def _match_window(orig: np.ndarray, out: np.ndarray) -> tuple[int, bool, int, in
         for flip in (False, True):
             for y in range(orig.shape[-2] - c + 1):
                 for x in range(orig.shape[-1] - c + 1):
-                    if np.array_equal(dataset._dihedral(orig[..., y:y + c, x:x + c], k, flip), out):
+                    if np.array_equal(dataset.dihedral(orig[..., y:y + c, x:x + c], k, flip), out):
                         return k, flip, y, x
     raise AssertionError("output is no flip/rotation/crop of the input")
 
@@ -256,8 +256,8 @@ def test_augment_same_transform_for_all_tensors(flat_tree: Path, crop: int | Non
         c = crop or 32
         assert o.shape == (13, c, c) and t.shape == (13, c, c) and s.shape == (2, c, c)
         k, flip, y, x = _match_window(tgt, t)
-        np.testing.assert_array_equal(o, dataset._dihedral(opt[:, y:y + c, x:x + c], k, flip))
-        np.testing.assert_array_equal(s, dataset._dihedral(sar[:, y:y + c, x:x + c], k, flip))
+        np.testing.assert_array_equal(o, dataset.dihedral(opt[:, y:y + c, x:x + c], k, flip))
+        np.testing.assert_array_equal(s, dataset.dihedral(sar[:, y:y + c, x:x + c], k, flip))
         seen.add((k, flip, y, x))
     assert len(seen) >= 6  # augmentation really varies across epochs
     ds.set_epoch(3)

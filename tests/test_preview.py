@@ -163,4 +163,7 @@ def test_missing_optical_and_tiny_size(scene, tmp_path, capsys) -> None:
     _bad(["preview", "--optical", str(tmp_path / "nope.tif"), "-o", str(tmp_path / "q.png")], capsys, "nope.tif")
     _bad(["preview", "--optical", str(scene["optical"]), "--size", "4", "-o", str(tmp_path / "q.png")], capsys,
          "--size")
+    for flag in ("--output", "--reference", "--mask", "--confidence"):  # a missing extra input: one line too
+        _bad(["preview", "--optical", str(scene["optical"]), flag, str(tmp_path / "gone.tif"), "-o",
+              str(tmp_path / "q.png")], capsys, flag, "gone.tif")
     assert list(tmp_path.iterdir()) == []

@@ -47,6 +47,7 @@ import numpy as np
 from scipy import ndimage
 
 from cloudrt.contract import S2_BANDS, S2_SCALE
+from cloudrt.preprocess.mask import score_and_ndsi
 
 _I = {b: i for i, b in enumerate(S2_BANDS)}
 B1, B2, B3, B4, B8, B10, B11, B12 = (_I[b] for b in ("B1", "B2", "B3", "B4", "B8", "B10", "B11", "B12"))
@@ -84,15 +85,7 @@ def cloud_evidence(dn: np.ndarray, valid: np.ndarray | None = None) -> dict[str,
     """
     x = {i: np.nan_to_num(dn[i].astype(np.float32) / np.float32(S2_SCALE))
          for i in (B1, B2, B3, B4, B8, B10, B11, B12)}
-    score = np.minimum.reduce([
-        (x[B2] - 0.1) / 0.4,  # the four eq. 13 terms (rescale, unclipped)
-        (x[B1] - 0.1) / 0.2,
-        (x[B1] + x[B10] - 0.15) / 0.05,
-        (x[B2] + x[B3] + x[B4] - 0.2) / 0.6,
-    ])
-    s = x[B3] + x[B11]
-    ndsi = np.where(s > 0, (x[B3] - x[B11]) / np.where(s > 0, s, 1.0), 0.0)
-    score = np.minimum(score, (ndsi - 0.8) / (0.6 - 0.8))  # snow is not cloud
+    score, ndsi = score_and_ndsi(x)  # eq. 13 before the threshold, with the dataset tool's snow term
     ratio = x[B11] / np.maximum(x[B2], 1e-4)
     ok = np.isfinite(dn[[B1, B2, B3, B4, B8, B10, B11, B12]]).all(axis=0)
     if valid is not None:
@@ -118,14 +111,28 @@ def composite_weight(dn: np.ndarray, return_confidence: bool = False, valid: np.
     raw = np.maximum.reduce([ev["thick"], ev["haze"], ev["cirrus"], ev["shadow"]])
     raw = ndimage.grey_opening(raw, size=(OPEN, OPEN), mode="nearest")  # drop small bright or dark features
     w = ndimage.grey_dilation(raw, size=(DILATE, DILATE), mode="nearest")
-    w = ndimage.gaussian_filter(w, SIGMA, mode="nearest", truncate=4.0)
-    w = np.maximum(w, context_weight(ev["thick"]))
-    w = np.where(w < KEEP_BELOW, 0.0, np.minimum(w, 1.0)).astype(np.float32)
+    w = _keep(np.maximum(_blur(w), context_weight(ev["thick"])))
     if not return_confidence:
         return w
     thickness = np.maximum(ev["thick"], 0.5 * np.maximum(ev["haze"], ev["cirrus"]))
-    thickness = ndimage.gaussian_filter(thickness, SIGMA, mode="nearest", truncate=4.0)
-    return w, confidence(w, thickness)
+    return w, confidence(w, _blur(thickness))
+
+
+def mask_weight(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weight and confidence for a cloud mask the user gives instead of the evidence: the mask softened by
+    the same blur and cut (:data:`KEEP_BELOW`), the cloud taken as opaque (confidence ``100 (1 - w)``)."""
+    w = _keep(_blur(np.asarray(mask, dtype=np.float32)))
+    return w, confidence(w, np.ones_like(w))
+
+
+def _blur(a: np.ndarray) -> np.ndarray:
+    """The Gaussian (sigma :data:`SIGMA`) that removes seams from the weight and the thickness."""
+    return ndimage.gaussian_filter(a, SIGMA, mode="nearest", truncate=4.0)
+
+
+def _keep(w: np.ndarray) -> np.ndarray:
+    """Clip to 1 and set weights below :data:`KEEP_BELOW` to 0 (those pixels come back bit for bit)."""
+    return np.where(w < KEEP_BELOW, 0.0, np.minimum(w, 1.0)).astype(np.float32)
 
 
 def context_weight(thick: np.ndarray) -> np.ndarray:

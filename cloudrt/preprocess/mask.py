@@ -118,6 +118,18 @@ def _rescale(x: np.ndarray, a: float, b: float) -> np.ndarray:
     return (x - a) / (b - a)
 
 
+def score_and_ndsi(x: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The continuous eq. 13 score before the threshold, ``min(1, the four rescaled terms,
+    rescale(NDSI, 0.8, 0.6))`` (the dataset tool's snow term), and NDSI (eq. 15; 0 where B3 + B11 == 0),
+    on reflectance bands ``x`` (band index -> array, any float dtype, which the results keep)."""
+    score = np.ones_like(x[B2])
+    for bands, a, b in SCORE_TERMS:
+        score = np.minimum(score, _rescale(sum(x[i] for i in bands), a, b))
+    s = x[B3] + x[B11]
+    ndsi = np.where(s == 0, 0.0, (x[B3] - x[B11]) / np.where(s == 0, 1.0, s)).astype(s.dtype)
+    return np.minimum(score, _rescale(ndsi, *SEN12MSCR_NDSI_RAMP)), ndsi
+
+
 def cloud_score(dn: np.ndarray) -> np.ndarray:
     """The SEN12MS-CR tool's continuous cloud score, float64 (H, W) in [1e-5, 1].
 
@@ -133,12 +145,7 @@ def cloud_score(dn: np.ndarray) -> np.ndarray:
     x = {i: dn[i].astype(np.float64) / S2_SCALE for i in PAPER_BANDS}
     finite = np.logical_and.reduce([np.isfinite(v) for v in x.values()])
     with np.errstate(invalid="ignore", divide="ignore"):
-        score = np.ones(dn.shape[1:], dtype=np.float64)
-        for bands, a, b in SCORE_TERMS:
-            score = np.minimum(score, _rescale(sum(x[i] for i in bands), a, b))
-        s = x[B3] + x[B11]
-        ndsi = np.where(s == 0, 0.0, (x[B3] - x[B11]) / np.where(s == 0, 1.0, s))
-        score = np.minimum(score, _rescale(ndsi, *SEN12MSCR_NDSI_RAMP))
+        score, _ = score_and_ndsi(x)
     score = np.where(finite, score, 0.0)
     score = ndimage.grey_closing(score, size=(SEN12MSCR_CLOSING, SEN12MSCR_CLOSING))
     score = ndimage.uniform_filter(score, size=SEN12MSCR_MEAN, mode="constant", cval=0.0)

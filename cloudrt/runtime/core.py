@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from cloudrt._version import __version__
-from cloudrt.contract import S1_BANDS, S1_CLIP, S2_BANDS
+from cloudrt.contract import NO_SAR_DB, S2_BANDS
 from cloudrt.errors import InputError
 from cloudrt.preprocess.mask import METHODS, cloud_mask
 from cloudrt.preprocess.normalize import check_optical, check_sar
@@ -142,9 +142,8 @@ results are identical for any value, memory grows with it). File scenes run with
         ``nodata`` is None).
         """
         optical_dn = np.asarray(optical_dn)
-        if sar_db is None:  # no SAR: the normalized "no signal" value, as in training (SAR dropout)
-            floor = np.array([S1_CLIP[b][0] for b in S1_BANDS], dtype=np.float32)[:, None, None]
-            sar_db = np.broadcast_to(floor, (len(S1_BANDS), *optical_dn.shape[-2:]))
+        if sar_db is None:  # no SAR, as in training with SAR dropout
+            sar_db = np.broadcast_to(NO_SAR_DB, (len(NO_SAR_DB), *optical_dn.shape[-2:]))
         sar_db = np.asarray(sar_db)
         check_optical(optical_dn)
         check_sar(sar_db)

@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from cloudrt.errors import InputError
 from cloudrt.preprocess import composite as soft
@@ -61,9 +60,7 @@ def window_weight(raw: np.ndarray, valid: np.ndarray, given: np.ndarray | None) 
         with np.errstate(invalid="ignore"):
             w, conf = soft.composite_weight(raw, return_confidence=True, valid=valid)
     else:
-        w = ndimage.gaussian_filter(np.asarray(given, dtype=np.float32), soft.SIGMA, mode="nearest")
-        w = np.where(w < soft.KEEP_BELOW, 0.0, np.minimum(w, 1.0)).astype(np.float32)
-        conf = soft.confidence(w, np.ones_like(w))
+        w, conf = soft.mask_weight(given)
     w[~valid] = 0.0
     conf[~valid] = 100
     return w, conf

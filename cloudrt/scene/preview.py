@@ -36,15 +36,35 @@ GUTTER = 4
 PERCENTILES = (2.0, 98.0)
 
 
-def _read_small(path: str | os.PathLike, size: int, bands: list[int] | None = None) -> tuple[np.ndarray, float | None]:
-    ds = open_optical(path) if bands is None else rasterio.open(path)
+# What each extra input must be, for the one-line error when it is not.
+_EXPECTED = {"--output": "a 13-band image of the same scene", "--reference": "a 13-band image of the same scene",
+             "--mask": "the file written with --mask-out for this input",
+             "--confidence": "the file written with --confidence-out for this input"}
+
+
+def _read_small(path: str | os.PathLike, size: int, flag: str = "--optical",
+                like: tuple[int, ...] | None = None) -> tuple[np.ndarray, float | None]:
+    """All bands of ``path``, read decimated so the long side is at most ``size``, and its nodata. The
+    optical input and ``--output`` / ``--reference`` open as 13-band S2 images (:func:`open_optical`); any
+    file that cannot be read, or whose decimated shape is not ``like``, is a one-line InputError naming
+    ``flag``."""
+    optical = flag in ("--optical", "--output", "--reference")
+    try:
+        ds = open_optical(path) if optical else rasterio.open(path)
+    except rasterio.errors.RasterioIOError as e:
+        raise InputError(f"cannot open {flag} {path} ({e}); pass {_EXPECTED[flag]}.") from e
+    except InputError as e:  # open_optical's own line; say which option it was about
+        raise e if flag == "--optical" else InputError(f"{flag}: {e}") from e
     with ds:
         scale = min(1.0, size / max(ds.width, ds.height))
         shape = (max(1, round(ds.height * scale)), max(1, round(ds.width * scale)))
-        idx = list(range(1, ds.count + 1)) if bands is None else bands
-        data = ds.read(idx, out_shape=(len(idx), *shape), resampling=Resampling.average if scale < 1
+        data = ds.read(out_shape=(ds.count, *shape), resampling=Resampling.average if scale < 1
                        else Resampling.nearest)
-        return data, ds.nodata
+        nodata = ds.nodata
+    if like is not None and data.shape[1:] != like:
+        raise InputError(f"{flag} {path} has shape {data.shape[1:]} but --optical has {like}; "
+                         f"pass {_EXPECTED[flag]}.")
+    return data, nodata
 
 
 def stretch(rgb: np.ndarray, lo_hi: np.ndarray) -> np.ndarray:
@@ -78,14 +98,9 @@ def make_preview(optical: str | os.PathLike, output: str | os.PathLike | None = 
     if nodata is not None:
         valid &= ~(dn == nodata).all(axis=0)
     weight, conf = composite_weight(dn, return_confidence=True, valid=valid)
-    extra = []
-    for flag, path in (("--output", output), ("--reference", reference)):
-        if path is not None:
-            a, _ = _read_small(path, size)
-            if a.shape != dn.shape:
-                raise InputError(f"{flag} {path} has shape {a.shape[1:]} but --optical has {dn.shape[1:]}; "
-                                 "pass a 13-band image of the same scene.")
-            extra.append(a[list(RGB)])
+    like = dn.shape[1:]
+    extra = [_read_small(path, size, flag, like)[0][list(RGB)]
+             for flag, path in (("--output", output), ("--reference", reference)) if path is not None]
     rgb_in = dn[list(RGB)]
     clear = valid & (weight == 0)
     if clear.mean() >= 0.01:
@@ -94,18 +109,14 @@ def make_preview(optical: str | os.PathLike, output: str | os.PathLike | None = 
         limits = stretch_limits(extra[0], valid) if extra else stretch_limits(rgb_in, valid)
     panels = [stretch(rgb_in, limits)] + [stretch(a, limits) for a in extra]
     if mask is not None:
-        two = _band_count(mask) >= 2  # --mask-out of infer (mask, weight %) or `cloudrt mask` (classes)
-        m, _ = _read_small(mask, size, bands=[2] if two else [1])
-        if m.shape[1:] != dn.shape[1:]:
-            raise InputError(f"--mask {mask} has shape {m.shape[1:]} but --optical has {dn.shape[1:]}; "
-                             "pass the mask written with --mask-out for this input.")
-        weight = np.where(m[0] == 255, 0.0, m[0] / 100.0) if two else (m[0] == 1).astype(np.float64)
+        m, _ = _read_small(mask, size, "--mask", like)
+        if m.shape[0] >= 2:  # --mask-out of infer: band 2 is the weight in percent
+            weight = np.where(m[1] == 255, 0.0, m[1] / 100.0)
+        else:  # `cloudrt mask`: classes, 1 = cloud
+            weight = (m[0] == 1).astype(np.float64)
         conf = np.rint(100 * (1 - weight)).astype(np.uint8)  # a given weight: cloud taken as opaque
     if confidence is not None:  # the --confidence-out file of that run
-        c, _ = _read_small(confidence, size, bands=[1])
-        if c.shape[1:] != dn.shape[1:]:
-            raise InputError(f"--confidence {confidence} has shape {c.shape[1:]} but --optical has "
-                             f"{dn.shape[1:]}; pass the file written with --confidence-out for this input.")
+        c, _ = _read_small(confidence, size, "--confidence", like)
         conf = np.where(c[0] == 255, 100, c[0])
     panels += [_grey(weight), _grey(conf / 100.0)]
     h, w = panels[0].shape[1:]
@@ -113,14 +124,6 @@ def make_preview(optical: str | os.PathLike, output: str | os.PathLike | None = 
     for i, p in enumerate(panels):
         canvas[:, :, i * (w + GUTTER): i * (w + GUTTER) + w] = p
     return canvas
-
-
-def _band_count(path: str | os.PathLike) -> int:
-    try:
-        with rasterio.open(path) as ds:
-            return ds.count
-    except rasterio.errors.RasterioIOError as e:
-        raise InputError(f"cannot open --mask {path} ({e}); pass the file written with --mask-out.") from e
 
 
 def write_png(image: np.ndarray, path: str | os.PathLike, overwrite: bool = False) -> Path:

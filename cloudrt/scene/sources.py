@@ -13,12 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from cloudrt.contract import S1_BANDS, S1_CLIP
+from cloudrt.contract import NO_SAR_DB
 from cloudrt.errors import InputError
 from cloudrt.preprocess.normalize import valid_mask
 from cloudrt.scene.io import match_grids, open_optical, open_sar, read_rows
-
-NO_SAR_DB = np.array([S1_CLIP[b][0] for b in S1_BANDS], dtype=np.float32)[:, None, None]
 
 
 class ArraySource:
@@ -60,7 +58,7 @@ class RasterSource:
         return read_rows(self.ods, r0, r1, c0, c1)
 
     def sar(self, r0: int, r1: int, c0: int = 0, c1: int | None = None) -> np.ndarray:
-        if self.sds is None:  # no SAR: the lower clip of each band, which normalizes to 0 ("no signal")
+        if self.sds is None:  # no SAR (contract.NO_SAR_DB)
             cols = (self.width if c1 is None else c1) - c0
             return np.broadcast_to(NO_SAR_DB, (len(NO_SAR_DB), r1 - r0, cols))
         return read_rows(self.sds, r0, r1, c0, c1)

@@ -16,7 +16,8 @@ from cloudrt.train.discovery import Sample, load_sample
 from cloudrt.train.synthetic import add_synthetic_clouds
 
 
-def _dihedral(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
+def dihedral(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """Optional horizontal flip, then ``k`` quarter turns, over the last two axes."""
     if flip:
         a = a[..., ::-1]
     return np.rot90(a, k, axes=(-2, -1))
@@ -129,7 +130,7 @@ class PatchDataset(torch.utils.data.Dataset):
             optical, sar, target = (a[:, y : y + c, x : x + c] for a in (optical, sar, target))
         if self.augment:
             k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
-            optical, sar, target = (_dihedral(a, k, flip) for a in (optical, sar, target))
+            optical, sar, target = (dihedral(a, k, flip) for a in (optical, sar, target))
 
         def t(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))

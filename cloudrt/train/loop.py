@@ -99,9 +99,9 @@ def build_datasets(cfg: TrainConfig) -> tuple[Any, list[str]]:
     """Training dataset from the triplet folders (split by region/scene) plus S2-only folders, or the
     demo mix (:class:`cloudrt.train.mix.MixDataset`) when ``cfg.mix``."""
     if cfg.mix:
-        recs = load_npz(cfg.npz) if cfg.npz else records_from_folders(cfg.data + cfg.extra_optical,
-                                                                      set(cfg.holdout))
-        recs = [r for r in recs if r.name not in set(cfg.holdout)]
+        hold = set(cfg.holdout)
+        recs = load_npz(cfg.npz) if cfg.npz else records_from_folders(cfg.data + cfg.extra_optical, hold)
+        recs = [r for r in recs if r.name not in hold]  # an .npz may have been packed with them
         ds = MixDataset(recs, crop=cfg.crop or 128, seed=cfg.seed, p_real=cfg.p_real,
                         p_identity=cfg.p_identity, sar_dropout=cfg.sar_dropout)
         return ds, ds.names

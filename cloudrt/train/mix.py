@@ -27,6 +27,7 @@ import torch.utils.data
 from cloudrt.errors import InputError
 from cloudrt.preprocess.mask import cloud_mask
 from cloudrt.preprocess.normalize import normalize_optical, normalize_sar
+from cloudrt.train.dataset import dihedral
 from cloudrt.train.synthetic import add_synthetic_clouds
 
 CLEAR_MAX = 0.02  # paper-mask cloud fraction at or below which an image counts as clear
@@ -104,10 +105,6 @@ def load_npz(path: str | Path) -> list[Record]:
                 for i, name in enumerate(z["names"])]
 
 
-def _dihedral(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
-    return np.rot90(a[..., ::-1] if flip else a, k, axes=(-2, -1))
-
-
 class MixDataset(torch.utils.data.Dataset):
     """Items ``{"optical", "sar", "target"}`` (float32 tensors, model units), ``epoch_size`` per epoch.
 
@@ -170,5 +167,5 @@ class MixDataset(torch.utils.data.Dataset):
         else:
             optical = optical[:, y:y + c, x:x + c]
         k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
-        return {n: torch.from_numpy(np.ascontiguousarray(_dihedral(a, k, flip), dtype=np.float32))
+        return {n: torch.from_numpy(np.ascontiguousarray(dihedral(a, k, flip), dtype=np.float32))
                 for n, a in (("optical", optical), ("sar", sar), ("target", target))}

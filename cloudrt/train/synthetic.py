@@ -117,8 +117,13 @@ def add_synthetic_clouds(
 
     ``cloudy = (1 - alpha) * clear + alpha * cloud`` per band, where ``cloud`` is
     :data:`CLOUD_SPECTRUM` times ``brightness`` (random in [0.45, 0.8] if None), with a mild fractal texture,
-    and the B10 cirrus response ``cirrus`` (random in [0.005, 0.08] reflectance if None). Returns
-    ``(cloudy float32 clipped to [0, 1], alpha (H, W))``; ``clear`` is not modified.
+    and the B10 cirrus response ``cirrus`` (random in [0.005, 0.08] reflectance if None). ``shadow``: the
+    strength of a cloud shadow (the cloud's footprint displaced, :func:`shadow_alpha`) that darkens the ground
+    before the cloud is laid over it; 0 for none. ``shadow=None`` with ``alpha=None`` draws the full model
+    used for training: a thick cloud, with probability 0.6 a thin haze whose opacity per band follows
+    :data:`HAZE_SPECTRUM`, and with probability 0.6 a shadow of strength 0.3-0.75; with a given ``alpha`` it
+    means no shadow. Returns ``(cloudy float32 clipped to [0, 1], alpha (H, W))`` (alpha including the haze,
+    as seen in the visible); ``clear`` is not modified.
     """
     clear = np.asarray(clear, dtype=np.float32)
     if clear.ndim != 3 or clear.shape[0] != len(S2_BANDS):
