@@ -54,6 +54,31 @@ def test_training_is_deterministic_and_resume_matches_uninterrupted(samples_dir,
         torch.testing.assert_close(va, vc, rtol=1e-5, atol=1e-6, msg=k)
 
 
+def test_ema_weights_match_a_float64_average_of_the_steps_and_survive_resume(samples_dir, tmp_path):
+    """final.* of an --ema run is e_1 = w_1, e_k = d e_(k-1) + (1 - d) w_k over the step weights w_k, computed
+    here in float64 from runs stopped after 1..4 steps (the constant schedule makes them prefixes of one run)."""
+    d = 0.5
+    steps = [load_checkpoint(train(_cfg(samples_dir, tmp_path / f"s{k}", max_steps=k)))[0].state_dict()
+             for k in range(1, 5)]
+    ref = {k: v.double() for k, v in steps[0].items()}
+    for w in steps[1:]:
+        ref = {k: d * ref[k] + (1 - d) * w[k].double() for k in ref}
+    ema = load_checkpoint(train(_cfg(samples_dir, tmp_path / "e", max_steps=4, ema=d)))
+    assert ema[1]["weights"] == "ema"
+    train(_cfg(samples_dir, tmp_path / "r", max_steps=2, ema=d))  # interrupted, then resumed
+    resumed = load_checkpoint(train(_cfg(samples_dir, tmp_path / "r", max_steps=4, ema=d, resume=True)))[0]
+    moved = False
+    for k, v in ref.items():
+        if not v.is_floating_point():
+            continue
+        torch.testing.assert_close(ema[0].state_dict()[k].double(), v, rtol=1e-5, atol=1e-6, msg=k)
+        torch.testing.assert_close(resumed.state_dict()[k].double(), v, rtol=1e-5, atol=1e-6, msg=k)
+        moved |= not torch.allclose(v, steps[-1][k].double())
+    assert moved, "the average equals the last step: no averaging happened"
+    with pytest.raises(Exception, match="--ema 1.5"):
+        train(_cfg(samples_dir, tmp_path / "bad", ema=1.5))
+
+
 def test_checkpoint_roundtrip_and_refusals(tmp_path):
     m = build("carf-tiny")
     torch.nn.init.normal_(m.irn.conv2.weight)

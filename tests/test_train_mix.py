@@ -106,12 +106,33 @@ def test_kinds_occur_at_their_probabilities() -> None:
     assert sources["identity"] == sources["synthetic"] == {r.name for r in recs}
 
 
+def test_p_sar_sets_the_share_of_draws_from_records_with_sar() -> None:
+    recs = _records()  # one triplet (with SAR) among four records, one of two real-cloud records
+    n = 3000
+    for p_sar in (None, 0.6):
+        ds = MixDataset(recs, crop=32, p_real=0.5, p_identity=0.2, sar_dropout=0.0, p_sar=p_sar)
+        rng = np.random.default_rng(4)
+        got: dict[str, list[int]] = {"real": [0, 0], "other": [0, 0]}  # [from the triplet, draws]
+        for _ in range(n):
+            _, _, target, kind = ds.draw(rng)
+            g = got["real" if kind == "real" else "other"]
+            g[0] += _which(ds, target) == "triplet"
+            g[1] += 1
+        want = {"real": 1 / 2, "other": 1 / 4} if p_sar is None else {"real": 0.6, "other": 0.6}
+        for k, (hit, total) in got.items():  # binomial sd <= 0.013 at >= 1400 draws; 0.06 is > 4 sd
+            assert abs(hit / total - want[k]) < 0.06, (p_sar, k, hit, total)
+    with pytest.raises(InputError, match="p_sar"):
+        MixDataset(recs, p_sar=1.2)
+
+
 def test_no_real_kind_without_cloudy_records() -> None:
     recs = [r for r in _records() if r.cloudy is None or r.clear_input]
     ds = MixDataset(recs, crop=32, p_real=0.5, p_identity=0.2)
     rng = np.random.default_rng(1)
-    kinds = {ds.draw(rng)[3] for _ in range(300)}
-    assert "real" not in kinds and "synthetic" in kinds and "identity" in kinds
+    kinds = [ds.draw(rng)[3] for _ in range(3000)]
+    assert "real" not in kinds
+    # the real share is spread so identity : synthetic keeps 0.2 : 0.3 (sd 0.009 at n = 3000)
+    assert abs(kinds.count("identity") / len(kinds) - 0.4) < 0.04
 
 
 def test_sar_dropout_rate_and_s2_only_records_have_zero_sar() -> None:
@@ -204,6 +225,7 @@ def test_lengths_and_crop_larger_than_record() -> None:
 @pytest.mark.parametrize("kw, word", [
     ({"crop": 0}, "crop"), ({"crop": -16}, "crop"), ({"crop": 40}, "crop"),
     ({"p_real": 1.5}, "p_real"), ({"p_identity": -0.1}, "p_identity"), ({"sar_dropout": 1.01}, "sar_dropout"),
+    ({"p_real": 0.7, "p_identity": 0.4}, "p_real \\+ p_identity"),
 ])
 def test_bad_settings_raise_input_error(kw: dict, word: str) -> None:
     with pytest.raises(InputError, match=word):

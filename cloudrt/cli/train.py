@@ -49,6 +49,10 @@ def register(app: typer.Typer) -> None:
         p_real: float = typer.Option(0.5, help="Mix: probability of a real cloudy input."),
         p_identity: float = typer.Option(0.15, help="Mix: probability of a clear input kept unchanged."),
         sar_dropout: float = typer.Option(0.2, help="Mix: probability that a triplet's SAR is zeroed."),
+        p_sar: float = typer.Option(-1.0, help="Mix: share of draws from records with SAR (triplets); "
+                                    "-1 = uniform over records."),
+        ema: float = typer.Option(0.0, help="Decay of a moving average of the weights saved as final.* "
+                                  "(e.g. 0.998; 0 = off)."),
     ) -> None:
         """Train CARF with the cloud-aware loss (eqs. 17-18); Adam; checkpoints are safetensors + JSON."""
         require_extra("torch", "cloudrt train")  # the missing extra first, before any other check
@@ -77,7 +81,8 @@ def register(app: typer.Typer) -> None:
             cloud_weighting=not no_cloud_weighting, save_every=save_every, max_steps=max_steps or None,
             max_minutes=max_minutes or None, amp=amp, schedule=schedule, overrides=overrides,
             mix=mix or npz is not None, npz=str(npz) if npz else None, sam_weight=sam_weight, p_real=p_real,
-            p_identity=p_identity, sar_dropout=sar_dropout,
+            p_identity=p_identity, sar_dropout=sar_dropout, ema=ema,
+            p_sar=None if p_sar < 0 else p_sar,
         )
         final = train(cfg)
         if os.environ.get("RANK", "0") == "0":

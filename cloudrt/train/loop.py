@@ -72,6 +72,8 @@ class TrainConfig:
     p_real: float = 0.5  # mix: probability of a real cloudy input
     p_identity: float = 0.15  # mix: probability of a clear input that must come back unchanged
     sar_dropout: float = 0.2  # mix: probability that a triplet's SAR is zeroed
+    p_sar: float | None = None  # mix: share of draws from records with SAR (None = uniform over records)
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off); final.* holds it
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -103,7 +105,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[Any, list[str]]:
         recs = load_npz(cfg.npz) if cfg.npz else records_from_folders(cfg.data + cfg.extra_optical, hold)
         recs = [r for r in recs if r.name not in hold]  # an .npz may have been packed with them
         ds = MixDataset(recs, crop=cfg.crop or 128, seed=cfg.seed, p_real=cfg.p_real,
-                        p_identity=cfg.p_identity, sar_dropout=cfg.sar_dropout)
+                        p_identity=cfg.p_identity, sar_dropout=cfg.sar_dropout, p_sar=cfg.p_sar)
         return ds, ds.names
     samples = []
     for d in cfg.data:
@@ -159,7 +161,11 @@ def train(cfg: TrainConfig) -> Path:
         state = torch.load(out / "last.state.pt", map_location=device, weights_only=True)
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
-    elif cfg.resume:
+    ema = _make_ema(model, cfg.ema)
+    if ema is not None and cfg.resume and (out / "last-ema.safetensors").exists():
+        ema.module.load_state_dict(load_checkpoint(out / "last-ema", device=str(device))[0].state_dict())
+        ema.n_averaged.fill_(max(step, 1))  # else the next update would copy the weights over the average
+    if cfg.resume and not (out / "last.safetensors").exists():
         raise InputError(f"--resume given but {out}/last.safetensors does not exist; drop --resume to start fresh.")
 
     net: nn.Module = model
@@ -208,6 +214,8 @@ def train(cfg: TrainConfig) -> Path:
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
+                if ema is not None:
+                    ema.update_parameters(model)
                 step += 1
                 if step % cfg.log_every == 0 or step == total:
                     history.append({"step": step, "loss": float(loss.detach()),
@@ -215,7 +223,7 @@ def train(cfg: TrainConfig) -> Path:
                 if progress:
                     progress.update(task, advance=1, description=f"epoch {epoch} loss {float(loss.detach()):.4f}")
                 if rank == 0 and step % cfg.save_every == 0:
-                    _save(model, opt, out / "last", step, meta_base, history, t0)
+                    _save(model, opt, out / "last", step, meta_base, history, t0, ema)
                 if cfg.max_minutes and (time.time() - t0) / 60 > cfg.max_minutes:
                     total = step
                     break
@@ -226,9 +234,10 @@ def train(cfg: TrainConfig) -> Path:
     final = out / "final"
     if rank == 0:
         if step % cfg.save_every:  # the periodic save missed the last steps: keep the run resumable
-            _save(model, opt, out / "last", step, meta_base, history, t0)
-        meta = {**meta_base, "steps": step, "wall_minutes": (time.time() - t0) / 60, "history": history}
-        save_checkpoint(model, final, meta)
+            _save(model, opt, out / "last", step, meta_base, history, t0, ema)
+        meta = {**meta_base, "steps": step, "wall_minutes": (time.time() - t0) / 60, "history": history,
+                "weights": "ema" if ema is not None else "last step"}
+        save_checkpoint(ema.module if ema is not None else model, final, meta)
         (out / "history.json").write_text(json.dumps(history))
     if distributed:
         dist.barrier()
@@ -236,9 +245,22 @@ def train(cfg: TrainConfig) -> Path:
     return final.with_suffix(".safetensors")
 
 
-def _save(model, opt, stem: Path, step: int, meta_base: dict, history: list, t0: float) -> None:
+def _make_ema(model: nn.Module, decay: float):
+    """``torch.optim.swa_utils.AveragedModel`` holding the exponential moving average of the weights (and
+    the buffers), or None when ``decay`` is 0."""
+    if not decay:
+        return None
+    if not 0.0 < decay < 1.0:
+        raise InputError(f"--ema {decay} is not a decay in (0, 1); pass e.g. 0.998, or 0 to turn it off.")
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def _save(model, opt, stem: Path, step: int, meta_base: dict, history: list, t0: float, ema=None) -> None:
     meta = {**meta_base, "steps": step, "wall_minutes": (time.time() - t0) / 60, "history": history[-50:]}
     save_checkpoint(model, stem, meta)
+    if ema is not None:  # the average, so a resumed run continues it
+        save_checkpoint(ema.module, stem.with_name(stem.name + "-ema"), {**meta, "weights": "ema"})
     tmp = stem.with_name(stem.name + ".state.pt.tmp")
     torch.save({"optimizer": opt.state_dict(), "step": step}, tmp)
     os.replace(tmp, stem.with_name(stem.name + ".state.pt"))

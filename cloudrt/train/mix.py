@@ -12,7 +12,9 @@ per item, one of:
   cloud shadow (:func:`cloudrt.train.synthetic.add_synthetic_clouds` with ``shadow=None``) -> the target.
 
 SAR dropout zeroes the SAR of a triplet with probability ``sar_dropout`` so the model works with and without
-SAR evidence; S2-only records always have zero SAR (the normalized "no SAR" value).
+SAR evidence; S2-only records always have zero SAR (the normalized "no SAR" value). S2-only records far
+outnumber triplets (on the samples: 79 against 7), so uniform draws would teach the SAR branch from about 1
+example in 10; ``p_sar`` sets the share of draws (real and synthetic alike) taken from records with SAR.
 """
 
 from __future__ import annotations
@@ -109,20 +111,29 @@ class MixDataset(torch.utils.data.Dataset):
     """Items ``{"optical", "sar", "target"}`` (float32 tensors, model units), ``epoch_size`` per epoch.
 
     Item ``i`` of epoch ``e`` is a deterministic function of ``(seed, e, i)`` (call :meth:`set_epoch`).
+    Kinds: ``real`` with ``p_real``, ``identity`` with ``p_identity``, ``synthetic`` with the rest; without
+    real cloudy records the ``p_real`` share is spread over the other two in their ratio.
     """
 
     def __init__(self, records: list[Record], crop: int = 128, seed: int = 0, p_real: float = 0.5,
-                 p_identity: float = 0.15, sar_dropout: float = 0.2, epoch_size: int | None = None) -> None:
+                 p_identity: float = 0.15, sar_dropout: float = 0.2, epoch_size: int | None = None,
+                 p_sar: float | None = None) -> None:
         if not records:
             raise InputError("MixDataset got no records; check the data folders.")
         if crop <= 0 or crop % 16:
             raise InputError(f"crop={crop} must be a positive multiple of 16 (the model's size divisor).")
-        for name, p in (("p_real", p_real), ("p_identity", p_identity), ("sar_dropout", sar_dropout)):
+        for name, p in (("p_real", p_real), ("p_identity", p_identity), ("sar_dropout", sar_dropout),
+                        ("p_sar", 0.0 if p_sar is None else p_sar)):
             if not 0.0 <= p <= 1.0:
                 raise InputError(f"{name}={p} must be a probability in [0, 1].")
+        if p_real + p_identity > 1.0:
+            raise InputError(f"p_real + p_identity = {p_real + p_identity:g} > 1 leaves no room for synthetic "
+                             "clouds; lower one of them (the rest of the draws are synthetic).")
         self.crop, self.seed, self.epoch = crop, seed, 0
         self.p_real, self.p_identity, self.sar_dropout = p_real, p_identity, sar_dropout
         self.real = [i for i, r in enumerate(records) if r.cloudy is not None and not r.clear_input]
+        self.p_sar = p_sar
+        self.with_sar = {i for i, r in enumerate(records) if r.sar is not None}
         self.names = [r.name for r in records]
         self.arrays = []
         for r in records:
@@ -143,17 +154,29 @@ class MixDataset(torch.utils.data.Dataset):
     def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
         """One (optical, sar, target, kind) example, full size, in model units."""
         u = rng.random()
+        if not self.real:  # no real clouds: identity and synthetic keep their ratio
+            u = self.p_real + u * (1.0 - self.p_real)
         if u < self.p_real and self.real:
-            d = self.arrays[self.real[int(rng.integers(len(self.real)))]]
+            d = self.arrays[self._pick(self.real, rng)]
             optical, kind = d["cloudy"], "real"
         else:
-            d = self.arrays[int(rng.integers(len(self.arrays)))]
+            d = self.arrays[self._pick(range(len(self.arrays)), rng)]
             optical, kind = (d["target"], "identity") if u < self.p_real + self.p_identity else (None, "synthetic")
         target = d["target"]
         sar = d.get("sar")
         if sar is None or rng.random() < self.sar_dropout:
             sar = np.zeros((2, *target.shape[-2:]), dtype=np.float32)
         return optical, sar, target, kind
+
+    def _pick(self, pool, rng: np.random.Generator) -> int:
+        """A record index from ``pool``: uniform, or with share ``p_sar`` from the records with SAR."""
+        pool = list(pool)
+        if self.p_sar is not None:
+            sar = [i for i in pool if i in self.with_sar]
+            other = [i for i in pool if i not in self.with_sar]
+            if sar and other:
+                pool = sar if rng.random() < self.p_sar else other
+        return pool[int(rng.integers(len(pool)))]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
