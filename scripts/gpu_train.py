@@ -45,6 +45,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--crop", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ema", type=float, default=0.998, help="weight-average decay; final.* holds the average")
     ap.add_argument("--tiny", action="store_true", help="CPU check: carf-tiny, 2 steps, crop 64, batch 2, no init")
     a = ap.parse_args(argv)
     if a.tiny:
@@ -58,7 +59,7 @@ def _config(a: argparse.Namespace, out: Path, max_steps: int | None, minutes: fl
     return TrainConfig(data=[], out=str(out), npz=a.mix_npz, mix=True, device=a.device, preset=a.preset,
                        init=a.init, batch=a.batch, crop=a.crop, lr=a.lr, schedule="cosine", sam_weight=0.5,
                        amp=True, seed=a.seed, epochs=10**6, max_steps=max_steps, max_minutes=minutes,
-                       save_every=10**9, log_every=5)
+                       save_every=10**9, log_every=5, ema=a.ema)
 
 
 def _steps_for(a: argparse.Namespace, root: Path) -> tuple[int, dict[str, float]]:

@@ -167,3 +167,25 @@ def test_missing_optical_and_tiny_size(scene, tmp_path, capsys) -> None:
         _bad(["preview", "--optical", str(scene["optical"]), flag, str(tmp_path / "gone.tif"), "-o",
               str(tmp_path / "q.png")], capsys, flag, "gone.tif")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_files_without_georeferencing_preview_without_warnings(tmp_path) -> None:
+    """SEN12MS-CR's oriolac patches carry no georeferencing; a quicklook of them must print no rasterio
+    warning, for the input nor for the mask and confidence files written beside it."""
+    opt, _ = realistic_scene(H, W, seed=5)
+    bare = dict(crs=None, transform=None)
+    with warnings.catch_warnings():  # writing them warns too; only the preview's reading is under test
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        paths = _bare_files(tmp_path, opt, bare)
+    argv = ["preview", "-o", str(tmp_path / "q.png")] + [a for k, p in paths.items() for a in (k, str(p))]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(argv) == 0
+    assert not [w for w in caught if issubclass(w.category, rasterio.errors.NotGeoreferencedWarning)], caught
+
+
+def _bare_files(tmp_path: Path, opt: np.ndarray, bare: dict) -> dict[str, Path]:
+    return {"--optical": write_tif(tmp_path / "s2.tif", opt, **bare),
+            "--output": write_tif(tmp_path / "out.tif", _textured(1), **bare),
+            "--mask": write_tif(tmp_path / "mask.tif", np.zeros((2, H, W), np.uint8), **bare),
+            "--confidence": write_tif(tmp_path / "conf.tif", np.full((1, H, W), 100, np.uint8), **bare)}

@@ -50,7 +50,9 @@ def _read_small(path: str | os.PathLike, size: int, flag: str = "--optical",
     ``flag``."""
     optical = flag in ("--optical", "--output", "--reference")
     try:
-        ds = open_optical(path) if optical else rasterio.open(path)
+        with warnings.catch_warnings():  # a picture, not a map: a file without georeferencing is fine
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            ds = open_optical(path) if optical else rasterio.open(path)
     except rasterio.errors.RasterioIOError as e:
         raise InputError(f"cannot open {flag} {path} ({e}); pass {_EXPECTED[flag]}.") from e
     except InputError as e:  # open_optical's own line; say which option it was about

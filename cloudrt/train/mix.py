@@ -13,7 +13,7 @@ per item, one of:
 
 SAR dropout zeroes the SAR of a triplet with probability ``sar_dropout`` so the model works with and without
 SAR evidence; S2-only records always have zero SAR (the normalized "no SAR" value). S2-only records far
-outnumber triplets (on the samples: 79 against 7), so uniform draws would teach the SAR branch from about 1
+outnumber triplets (on the samples: 72 against 7), so uniform draws would teach the SAR branch from about 1
 example in 10; ``p_sar`` sets the share of draws (real and synthetic alike) taken from records with SAR.
 """
 
