@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from cloudrt.errors import BackendUnavailableError, EngineMismatchError, InputError, ModelError
 from cloudrt.preprocess import denormalize_optical, normalize_optical, normalize_sar
-from cloudrt.preprocess.composite import composite_weight
+from cloudrt.preprocess.composite import composite_weight, thickness
 from cloudrt.preprocess.mask import cloud_mask, shadow_mask
 from cloudrt.runtime import Runtime, check_engine_compat, default_overlap
 from cloudrt.scene.masking import mask_scene
@@ -142,12 +142,19 @@ def test_soft_compositing_follows_the_weight(models: dict[str, Path]) -> None:
     rt = Runtime(models["k1"])
     raw = rt.predict(opt, sar, composite=False)
     out, conf = rt.predict(opt, sar, return_confidence=True)
+    # the prediction that is composited: each tile's output with its invented detail smoothed (a mask of
+    # ones gives weight 1 everywhere, so the output is that prediction itself)
+    smoothed = rt.predict(opt, sar, mask=np.ones(opt.shape[1:], bool))
     w, conf_ref = composite_weight(opt, return_confidence=True)
     assert 0.02 < (w == 0).mean() < 0.98 and (w == 1).any()
     keep = w == 0
     np.testing.assert_array_equal(out[:, keep], opt[:, keep].astype(np.float32))  # bit-exact input
-    expected = w * raw + (1 - w) * opt.astype(np.float64)
+    expected = w * smoothed + (1 - w) * opt.astype(np.float64)
     np.testing.assert_allclose(out, expected, atol=1e-2)
+    clear = thickness(opt) == 0  # no cloud over them: the smoothing leaves the prediction alone
+    np.testing.assert_allclose(smoothed[:, ndimage.binary_erosion(clear, iterations=40)],
+                               raw[:, ndimage.binary_erosion(clear, iterations=40)], atol=1e-2)
+    assert np.abs(smoothed - raw)[:, thickness(opt) > 0.5].mean() > 1.0  # under the cloud it is not
     np.testing.assert_array_equal(conf, conf_ref)
     assert conf.dtype == np.uint8 and conf.max() <= 100 and (conf[keep] == 100).all()
 

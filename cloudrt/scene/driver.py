@@ -10,7 +10,9 @@ The pipeline (all NumPy; rasterio only for files):
    each row is read once), the cloud mask and the soft compositing weight ``w`` are computed on it (the halo
    makes the windowed results equal to the whole-scene ones), and the prediction is composited:
    ``out = w * pred + (1 - w) * input`` (:mod:`cloudrt.preprocess.composite`: continuous cloud, haze, cirrus
-   and shadow evidence), so pixels that show the ground clearly (``w == 0``) keep the input exactly.
+   and shadow evidence), so pixels that show the ground clearly (``w == 0``) keep the input exactly. Before
+   that, each tile's prediction has its invented detail smoothed where the tile's input shows no ground
+   (:func:`cloudrt.preprocess.composite.smooth_invented`, on the inference thread, skipped for clear tiles).
 3. Blocks are written in order (whole rows of GeoTIFF tiles, so every tile is compressed once).
 
 Memory is ``O(panel * (tile + block))``: independent of the scene size. The large per-row-group arrays (the
@@ -31,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from cloudrt.contract import S2_SCALE
 from cloudrt.errors import InputError
 from cloudrt.preprocess import composite as soft
 from cloudrt.preprocess.mask import cloud_mask
@@ -233,7 +236,10 @@ def run_scene(
 
     def counted_run(o: np.ndarray, s: np.ndarray) -> np.ndarray:
         stats["tiles"] += o.shape[0]
-        return run(o, s)
+        pred = run(o, s)
+        if composite:  # what is composited is the prediction with its invented detail smoothed
+            pred = np.stack([soft.smooth_invented(p, t * np.float32(S2_SCALE)) for p, t in zip(pred, o, strict=True)])
+        return pred
 
     for c0, c1 in cores:
         if len(cores) == 1:

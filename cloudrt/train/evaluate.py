@@ -20,7 +20,7 @@ import numpy as np
 
 from cloudrt._deps import require
 from cloudrt.errors import InputError, ModelError
-from cloudrt.preprocess.composite import composite, composite_weight
+from cloudrt.preprocess.composite import composite, composite_weight, smooth_invented
 from cloudrt.preprocess.mask import cloud_mask
 from cloudrt.preprocess.normalize import normalize_optical, normalize_sar
 from cloudrt.train.discovery import Sample, find_samples, load_sample
@@ -148,7 +148,8 @@ def evaluate(
             frac, src = _cloud_fraction(raw, mask_method)
             ident = all_metrics(o, target, ssim_padding)
             weight = composite_weight(raw["s2_cloudy"])
-            comp = composite(p, o, weight)  # what `cloudrt infer` writes (soft compositing, docs/method.md)
+            # what `cloudrt infer` writes (invented detail smoothed, soft compositing; docs/method.md)
+            comp = composite(smooth_invented(p, raw["s2_cloudy"]), o, weight)
             row: dict[str, Any] = {
                 "name": s.name, "region": s.region, "scene": s.scene, "patch": s.patch,
                 "cloud_cover": frac, "cloud_cover_source": src, "cloud_cover_bin": cloud_cover_bin(frac),
