@@ -23,9 +23,8 @@ from cloudrt.runtime import Runtime
 
 # Targets that are not cloud-free, so "do no harm" does not apply (seen in their quicklooks, cloudrt preview):
 NOT_CLEAR = {"ROIs1868_summer_s2_101_p505": "a cumulus with its shadow at the left edge"}
-# Compositing may lose this much PSNR to the raw output on a held-out patch (measured: -0.02 dB on
-# oriolac_4287, +2.14 and +0.06 dB on the other two).
-COMPOSITE_TOLERANCE_DB = 0.05
+# Compositing must not lose PSNR to the raw output on a held-out patch (measured: +2.1, +0.2 and +0.2 dB)
+COMPOSITE_TOLERANCE_DB = 0.0
 
 
 def _read(path: Path) -> np.ndarray:
@@ -66,7 +65,7 @@ def test_do_no_harm_on_every_clear_real_patch(rt: Runtime, shared_data: Path) ->
     """Every clear target of the triplets and pairs and every clear time-series image, used as the input (SAR
     where it exists, else none)."""
     targets = _clear_targets(shared_data)
-    assert len(targets) >= 75
+    assert len(targets) >= 77
     bad = []
     for name, opt, s1 in targets:
         dn = _read(opt)
