@@ -23,7 +23,7 @@ from cloudrt.runtime import Runtime
 
 # Targets that are not cloud-free, so "do no harm" does not apply (seen in their quicklooks, cloudrt preview):
 NOT_CLEAR = {"ROIs1868_summer_s2_101_p505": "a cumulus with its shadow at the left edge"}
-# Compositing must not lose PSNR to the raw output on a held-out patch (measured: +2.1, +0.2 and +0.2 dB)
+# Compositing must not lose PSNR to the raw output on a held-out patch (measured: +2.35, +0.19 and +0.18 dB)
 COMPOSITE_TOLERANCE_DB = 0.0
 
 

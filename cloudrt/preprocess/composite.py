@@ -32,7 +32,8 @@ a 7 x 7 opening of the thick evidence drops bright features narrower than 70 m; 
 whole drops single dark pixels. A 5 x 5 grey dilation grows the weight over
 cloud edges, a Gaussian (sigma 2) removes seams; values below :data:`KEEP_BELOW` are set to 0, so pixels
 that show the ground clearly come back bit for bit (do no harm). The *context* term is
-``ramp(f, 0.02, 0.15)`` of the fraction ``f`` of cloud bodies within :data:`CONTEXT` pixels: around a
+``ramp(f, 0.02, 0.15)`` of the fraction ``f`` of cloud bodies within :data:`CONTEXT` pixels (weighted by a
+triangle, so the weight has no straight ridges): around a
 cloudy area (over 15 % cloud within 1 km) every pixel is taken from the model, because thin haze and
 adjacency effects there escape every per-pixel test (on the held-out SEN12MS-CR patches, keeping those
 pixels from the input scored below the raw model output); a clear scene has no cloud bodies, so the term is
@@ -48,8 +49,8 @@ a Gaussian of :data:`SMOOTH_SIGMA` pixels (:func:`smooth_invented`, :func:`lowpa
 evidence is left the model can only guess the fine texture, and a guessed texture costs more error than
 it is worth: the expected squared error is lowest for the local mean (the low frequencies, which SAR and
 the surrounding ground do carry). Measured with the demo model on the real patches, composited, against
-the same without it: PSNR +0.14 dB, SSIM +0.034 and SAM -0.25 degrees on the 3 held-out triplets; +0.77
-dB, +0.089 and -1.55 degrees on the 28 cloudy S2 pairs (no SAR); higher PSNR on 30 of the 35 cloudy
+the same without it: PSNR +0.14 dB, SSIM +0.034 and SAM -0.26 degrees on the 3 held-out triplets; +0.77
+dB, +0.089 and -1.56 degrees on the 28 cloudy S2 pairs (no SAR); higher PSNR on 30 of the 35 cloudy
 patches. The runtime applies it to each tile's prediction, which is then blended like the model's output.
 Where the ground shows, thickness is 0 and the prediction is untouched.
 """
@@ -84,7 +85,7 @@ SIGMA = 2.0
 KEEP_BELOW = 0.02
 SMOOTH_SIGMA = 16.0  # pixels (160 m): the Gaussian that keeps only the low frequencies of invented ground
 CONTEXT = 201  # pixels (2 km): the neighbourhood whose cloud cover marks every pixel in it as affected
-CONTEXT_RAMP = (0.02, 0.15)  # fraction of cloud bodies (thick > 0.5) in that neighbourhood
+CONTEXT_RAMP = (0.02, 0.15)  # fraction of cloud bodies (thick > 0.5) in that neighbourhood, triangle-weighted
 #: Context a tile of the weight needs on each side to equal the whole-scene result.
 HALO = max(SHADOW_REACH + 2 + 2 * (max(OPEN, THICK_OPEN, HAZE_OPEN) // 2) + DILATE // 2 + int(4 * SIGMA),
            CONTEXT // 2) + 2
@@ -209,8 +210,12 @@ def _keep(w: np.ndarray) -> np.ndarray:
 
 def context_weight(thick: np.ndarray) -> np.ndarray:
     """``ramp(f, 0.02, 0.15)`` of the fraction ``f`` of cloud bodies (thick > 0.5) in the :data:`CONTEXT`
-    window around each pixel (reflected at the scene border)."""
-    frac = ndimage.uniform_filter((thick > 0.5).astype(np.float32), CONTEXT, mode="reflect")
+    window around each pixel, weighted by a triangle (two passes of a box half as wide; reflected at the
+    scene border). One box pass leaves straight ridges in the weight along the box's edges; the triangle
+    has the same reach and no ridges (and scored 0.04 dB higher on the held-out and on all 35 cloudy patches)."""
+    box = CONTEXT // 2 + 1  # 101: two passes reach CONTEXT // 2 on each side, like one CONTEXT box
+    frac = ndimage.uniform_filter((thick > 0.5).astype(np.float32), box, mode="reflect")
+    frac = ndimage.uniform_filter(frac, box, mode="reflect")
     return ramp(frac, *CONTEXT_RAMP).astype(np.float32)
 
 
