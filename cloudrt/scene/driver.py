@@ -26,9 +26,11 @@ halo.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -234,29 +236,37 @@ def run_scene(
     bufs = (BlendBuffers(2 if threaded else 1), _RowBuffer(sink.dtype),
             _RowBuffer(np.dtype(np.uint8)) if want_mask else None)
 
+    pool = ThreadPoolExecutor(min(batch, os.cpu_count() or 1)) if composite and batch > 1 else None
+
+    def smooth(p: np.ndarray, o: np.ndarray) -> np.ndarray:
+        return soft.smooth_invented(p, o * np.float32(S2_SCALE))
+
     def counted_run(o: np.ndarray, s: np.ndarray) -> np.ndarray:
         stats["tiles"] += o.shape[0]
         pred = run(o, s)
         if composite:  # what is composited is the prediction with its invented detail smoothed
-            pred = np.stack([soft.smooth_invented(p, t * np.float32(S2_SCALE)) for p, t in zip(pred, o, strict=True)])
+            # tiles in parallel (NumPy and SciPy release the GIL in the heavy parts)
+            pred = np.stack(list(pool.map(smooth, pred, o)) if pool is not None and len(pred) > 1
+                            else [smooth(p, t) for p, t in zip(pred, o, strict=True)])
         return pred
 
-    for c0, c1 in cores:
-        if len(cores) == 1:
-            view, x0 = src, 0
-        else:
-            x0, x1 = panel_window(c0, c1, width, tile, overlap, reach=halo)
-            view = ColumnView(src, x0, x1)
+    with pool if pool is not None else contextlib.nullcontext():
+        for c0, c1 in cores:
+            if len(cores) == 1:
+                view, x0 = src, 0
+            else:
+                x0, x1 = panel_window(c0, c1, width, tile, overlap, reach=halo)
+                view = ColumnView(src, x0, x1)
 
-        def panel_progress(rows: int, _total: int, _w: int = c1 - c0, _done: int = done_px) -> None:
-            if progress is not None:
-                progress((_done + rows * _w) // width, height)
+            def panel_progress(rows: int, _total: int, _w: int = c1 - c0, _done: int = done_px) -> None:
+                if progress is not None:
+                    progress((_done + rows * _w) // width, height)
 
-        _run_panel(view, counted_run, sink, c0 - x0, c1 - x0, x0, stats, tile=tile, overlap=overlap, batch=batch,
-                   composite=composite, mask_method=mask_method, want_mask=want_mask,
-                   block=block, chunk=chunk, halo=halo, progress=panel_progress, threaded=threaded,
-                   read_ahead=threaded and read_ahead, cache=cache, bufs=bufs)
-        done_px += height * (c1 - c0)
+            _run_panel(view, counted_run, sink, c0 - x0, c1 - x0, x0, stats, tile=tile, overlap=overlap,
+                       batch=batch, composite=composite, mask_method=mask_method, want_mask=want_mask,
+                       block=block, chunk=chunk, halo=halo, progress=panel_progress, threaded=threaded,
+                       read_ahead=threaded and read_ahead, cache=cache, bufs=bufs)
+            done_px += height * (c1 - c0)
     stats["seconds"] = time.perf_counter() - t0
     stats["cloud_fraction"] = stats["cloud"] / max(1, stats["valid"])
     stats["replaced_fraction"] = stats["weight"] / max(1, stats["valid"])  # mean compositing weight
