@@ -57,7 +57,8 @@ def register(app: typer.Typer) -> None:
                                                    show_default=False),
         mask_method: str = typer.Option("paper", "--mask-method", help="Cloud mask: paper or sen12mscr."),
         no_composite: bool = typer.Option(False, "--no-composite", help="Return the raw model output everywhere "
-                                          "(default: soft compositing, clear pixels kept exactly)."),
+                                          "(default: invented texture under thick cloud smoothed, soft "
+                                          "compositing, clear pixels kept exactly)."),
         align: bool = typer.Option(False, "--align", help="Reproject S1 onto the S2 grid when they differ."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
         input_dir: Path | None = typer.Option(None, "--input-dir", help="Batch mode: folder with s2_cloudy/ (or "

@@ -135,11 +135,12 @@ results are identical for any value, memory grows with it). File scenes run with
 
         The output is ``w * model + (1 - w) * input`` with the soft weight ``w`` of
         :mod:`cloudrt.preprocess.composite` (0 where the ground shows clearly: those pixels come back
-        unchanged). ``mask``: your own (H, W) cloud mask to composite with instead; ``composite=False``
-        returns the raw (blended) model output everywhere. ``return_confidence``: also return the
-        confidence band, (H, W) uint8 0-100 (100 observed, 0 reconstructed with no optical evidence left).
-        Pixels that are NaN/inf or ``nodata`` in the optical input come back as ``nodata`` (NaN when
-        ``nodata`` is None).
+        unchanged), after each tile's ``model`` output has its invented detail smoothed where no ground
+        shows (:func:`cloudrt.preprocess.composite.smooth_invented`). ``mask``: your own (H, W) cloud mask
+        to composite with instead; ``composite=False`` returns the raw (blended) model output everywhere.
+        ``return_confidence``: also return the confidence band, (H, W) uint8 0-100 (100 observed, 0
+        reconstructed with no optical evidence left). Pixels that are NaN/inf or ``nodata`` in the optical
+        input come back as ``nodata`` (NaN when ``nodata`` is None).
         """
         optical_dn = np.asarray(optical_dn)
         if sar_db is None:  # no SAR, as in training with SAR dropout
