@@ -57,3 +57,20 @@ def test_smooth_invented_only_where_no_ground_shows(samples_dir: Path) -> None:
     clear = _read(samples_dir / "s2" / "oriolac_2729.tif")
     assert not (thickness(clear) >= KEEP_BELOW).any()
     np.testing.assert_array_equal(smooth_invented(pred, clear), pred)
+
+
+def test_nodata_does_not_bleed_into_the_smoothed_cloud(samples_dir: Path) -> None:
+    """A swath edge: whatever the model made of the nodata pixels stays out of the low-pass of the cloud
+    beside them (the result on valid pixels does not depend on it), and nodata pixels are not smoothed."""
+    cloudy = _read(samples_dir / "s2_cloudy" / "oriolac_4065.tif").copy()
+    valid = np.ones(cloudy.shape[1:], bool)
+    valid[:, :40] = False
+    cloudy[:, ~valid] = 0
+    pred = _read(samples_dir / "s2" / "oriolac_4065.tif").astype(np.float32) / 1e4
+    garbage = pred.copy()
+    garbage[:, ~valid] = 5.0
+    a, b = smooth_invented(pred, cloudy, valid), smooth_invented(garbage, cloudy, valid)
+    np.testing.assert_array_equal(a[:, valid], b[:, valid])
+    np.testing.assert_array_equal(b[:, ~valid], garbage[:, ~valid])
+    unmasked = smooth_invented(garbage, cloudy)  # without the mask the garbage bleeds in
+    assert np.abs(unmasked - b)[:, :, 40:60].max() > 0.05  # the valid columns beside the edge

@@ -154,13 +154,21 @@ def smooth_invented(pred: np.ndarray, dn: np.ndarray, valid: np.ndarray | None =
     """``pred + t * (G * pred - pred)``, float32 (C, H, W): the prediction low-passed by the Gaussian ``G``
     (sigma :data:`SMOOTH_SIGMA`, reflected at the border) in proportion to the :func:`thickness` ``t`` of
     the cloud over ``dn`` (the (13, H, W) input DN); exactly ``pred`` where ``t`` is below
-    :data:`KEEP_BELOW`."""
+    :data:`KEEP_BELOW`. ``valid``: pixels that hold data; the others give no evidence and do not enter the
+    low-pass (a normalized convolution), so a swath edge's nodata does not bleed into the cloud beside it."""
     t = thickness(dn, valid)
     t[t < KEEP_BELOW] = 0.0  # faint evidence (bright roofs, a blur's tail): the prediction stays as it is
+    if valid is not None:
+        t[~valid] = 0.0
     out = np.array(pred, dtype=np.float32, copy=True)
     if not (t > 0).any():
         return out
-    out += t[None] * (lowpass(out, SMOOTH_SIGMA) - out)
+    if valid is None or valid.all():
+        low = lowpass(out, SMOOTH_SIGMA)
+    else:  # normalized convolution: what the model made of nodata (a swath edge) must not bleed in
+        v = valid.astype(np.float32)[None]
+        low = lowpass(out * v, SMOOTH_SIGMA) / np.maximum(lowpass(v, SMOOTH_SIGMA), np.float32(1e-3))
+    out += t[None] * (low - out)
     return out
 
 

@@ -239,7 +239,8 @@ def run_scene(
     pool = ThreadPoolExecutor(min(batch, os.cpu_count() or 1)) if composite and batch > 1 else None
 
     def smooth(p: np.ndarray, o: np.ndarray) -> np.ndarray:
-        return soft.smooth_invented(p, o * np.float32(S2_SCALE))
+        # nodata is 0 in every band after normalization; ground never is
+        return soft.smooth_invented(p, o * np.float32(S2_SCALE), valid=(o != 0).any(axis=0))
 
     def counted_run(o: np.ndarray, s: np.ndarray) -> np.ndarray:
         stats["tiles"] += o.shape[0]
