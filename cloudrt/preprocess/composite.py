@@ -184,22 +184,24 @@ def lowpass(x: np.ndarray, sigma: float, factor: int = 4) -> np.ndarray:
     rows = sum(xp[:, i::factor] for i in range(factor))  # block sums by strided adds: 5x a reshaped mean
     small = sum(rows[:, :, i::factor] for i in range(factor)) * np.float32(1 / factor**2)
     small = ndimage.gaussian_filter(small, (0, sigma / factor, sigma / factor), mode="reflect", truncate=4.0)
-    up = _upsampler(hp // factor, factor) @ small @ _upsampler(wp // factor, factor).T
+    # linear interpolation back, rows then columns (gathers, not BLAS: OpenBLAS threads these small
+    # products and, beside the pipeline's other threads on few cores, ran 3x slower than alone)
+    i0, i1, a = _lerp(hp // factor, factor)
+    lo = small[:, i0]
+    up = lo + (small[:, i1] - lo) * a[:, None]
+    i0, i1, a = _lerp(wp // factor, factor)
+    lo = up[:, :, i0]
+    up = lo + (up[:, :, i1] - lo) * a
     return np.ascontiguousarray(up[:, :h, :w], dtype=np.float32)
 
 
 @functools.lru_cache(maxsize=16)
-def _upsampler(n: int, factor: int) -> np.ndarray:
-    """(n * factor, n) linear-interpolation matrix: output pixel centres ``(i + 0.5) / factor - 0.5`` in
-    input pixels, clamped at the ends."""
+def _lerp(n: int, factor: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear interpolation from ``n`` to ``n * factor`` samples: output pixel centres ``(i + 0.5) /
+    factor - 0.5`` in input pixels, clamped at the ends -> (left index, right index, right weight)."""
     pos = np.clip((np.arange(n * factor) + 0.5) / factor - 0.5, 0, n - 1)
-    i0 = np.floor(pos).astype(int)
-    i1 = np.minimum(i0 + 1, n - 1)
-    a = (pos - i0).astype(np.float32)
-    m = np.zeros((n * factor, n), np.float32)
-    np.add.at(m, (np.arange(n * factor), i0), 1 - a)
-    np.add.at(m, (np.arange(n * factor), i1), a)
-    return m
+    i0 = np.floor(pos).astype(np.intp)
+    return i0, np.minimum(i0 + 1, n - 1), (pos - i0).astype(np.float32)
 
 
 def mask_weight(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
