@@ -559,3 +559,30 @@ def test_batched_tiles_are_smoothed_in_parallel_with_the_same_result(models: dic
     np.testing.assert_array_equal(four, one)
     raw = Runtime(models["k1"], batch=4).predict(opt, sar, composite=False)
     assert np.abs(four - raw)[:, thickness(opt) > 0.5].mean() > 1.0
+
+
+def test_tiles_without_sar_get_the_wider_smoothing(models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """No SAR (sar_db=None, or a SAR input with no signal) -> SMOOTH_SIGMA_NO_SAR for every tile; real SAR
+    -> SMOOTH_SIGMA; and the output differs accordingly."""
+    from cloudrt.preprocess import composite as soft
+
+    seen: list[float] = []
+    real = soft.smooth_invented
+
+    def spy(pred, dn, valid=None, sigma=None):
+        seen.append(sigma)
+        return real(pred, dn, valid, sigma)
+
+    monkeypatch.setattr(soft, "smooth_invented", spy)
+    opt, sar = realistic_scene(96, 96, seed=12, radius=0.25)
+    rt = Runtime(models["k1"])
+    with_sar = rt.predict(opt, sar)
+    assert seen and set(seen) == {soft.SMOOTH_SIGMA}
+    seen.clear()
+    without = rt.predict(opt, None)
+    assert seen and set(seen) == {soft.SMOOTH_SIGMA_NO_SAR}
+    seen.clear()
+    floor = rt.predict(opt, np.full_like(sar, -40.0))  # below the clip floor everywhere: no signal
+    assert set(seen) == {soft.SMOOTH_SIGMA_NO_SAR}
+    np.testing.assert_array_equal(floor, without)
+    assert not np.array_equal(with_sar, without)

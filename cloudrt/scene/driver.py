@@ -238,17 +238,19 @@ def run_scene(
 
     pool = ThreadPoolExecutor(min(batch, os.cpu_count() or 1)) if composite and batch > 1 else None
 
-    def smooth(p: np.ndarray, o: np.ndarray) -> np.ndarray:
-        # nodata is 0 in every band after normalization; ground never is
-        return soft.smooth_invented(p, o * np.float32(S2_SCALE), valid=(o != 0).any(axis=0))
+    def smooth(p: np.ndarray, o: np.ndarray, s: np.ndarray) -> np.ndarray:
+        # nodata is 0 in every band after normalization, ground never is; a tile with no SAR signal at all
+        # (none given, or every value at the clip floor) gets the wider no-SAR smoothing
+        return soft.smooth_invented(p, o * np.float32(S2_SCALE), valid=(o != 0).any(axis=0),
+                                    sigma=soft.SMOOTH_SIGMA if s.any() else soft.SMOOTH_SIGMA_NO_SAR)
 
     def counted_run(o: np.ndarray, s: np.ndarray) -> np.ndarray:
         stats["tiles"] += o.shape[0]
         pred = run(o, s)
         if composite:  # what is composited is the prediction with its invented detail smoothed
             # tiles in parallel (NumPy and SciPy release the GIL in the heavy parts)
-            pred = np.stack(list(pool.map(smooth, pred, o)) if pool is not None and len(pred) > 1
-                            else [smooth(p, t) for p, t in zip(pred, o, strict=True)])
+            pred = np.stack(list(pool.map(smooth, pred, o, s)) if pool is not None and len(pred) > 1
+                            else [smooth(p, t, r) for p, t, r in zip(pred, o, s, strict=True)])
         return pred
 
     with pool if pool is not None else contextlib.nullcontext():
