@@ -27,34 +27,32 @@ evidence, each a linear ramp ``ramp(x, a, b)`` from 0 at ``a`` to 1 at ``b``, on
 
 ``weight = max(blur(dilate(open(max(open7(thick), open11(haze), cirrus, shadow)))), context)``. The openings
 are by size: haze spreads wider than most buildings, so a grey opening of 11 x 11 (110 m) leaves haze and
-removes blue and white roofs (an industrial estate drew 2 % of its pixels into the composite without it);
-a 7 x 7 opening of the thick evidence drops bright features narrower than 70 m; a 5 x 5 opening of the
-whole drops single dark pixels. A 5 x 5 grey dilation grows the weight over
-cloud edges, a Gaussian (sigma 2) removes seams; values below :data:`KEEP_BELOW` are set to 0, so pixels
-that show the ground clearly come back bit for bit (do no harm). The *context* term is
-``ramp(f, 0.02, 0.15)`` of the fraction ``f`` of cloud bodies within :data:`CONTEXT` pixels (weighted by a
-triangle, so the weight has no straight ridges): around a
-cloudy area (over 15 % cloud within 1 km) every pixel is taken from the model, because thin haze and
-adjacency effects there escape every per-pixel test (on the held-out SEN12MS-CR patches, keeping those
-pixels from the input scored below the raw model output); a clear scene has no cloud bodies, so the term is
-0 there. The composite is
-``out = weight * prediction + (1 - weight) * input``.
+removes blue and white roofs (an industrial estate drew 2 % of its pixels into the composite without it); a 7
+x 7 opening of the thick evidence drops bright features narrower than 70 m; a 5 x 5 opening of the whole drops
+single dark pixels. A 5 x 5 grey dilation grows the weight over cloud edges, a Gaussian (sigma 2) removes
+seams; values below :data:`KEEP_BELOW` are set to 0, so pixels that show the ground clearly come back bit for
+bit (do no harm). The *context* term is ``ramp(f, 0.02, 0.15)`` of the fraction ``f`` of cloud bodies within
+:data:`CONTEXT` pixels (weighted by a triangle, so the weight has no straight ridges): around a cloudy area
+(over 15 % cloud within 1 km) every pixel is taken from the model, because thin haze and adjacency effects
+there escape every per-pixel test (on the held-out SEN12MS-CR patches, keeping those pixels from the input
+scored below the raw model output); a clear scene has no cloud bodies, so the term is 0 there.
+The composite is ``out = weight * prediction + (1 - weight) * input``.
 
 The **confidence** band says how much of an output pixel is observation: ``100 * (1 - weight * thickness)``
 where ``thickness`` = the thick-cloud evidence (no optical evidence left) blended with half the haze
 evidence (thin cloud leaves some): 100 = observed, 0 = invented from SAR and context alone.
 
-**Invented detail is smoothed** before compositing: ``pred + thickness * (G * pred - pred)`` with ``G``
-a Gaussian of :data:`SMOOTH_SIGMA` pixels (:func:`smooth_invented`, :func:`lowpass`). Where no optical
-evidence is left the model can only guess the fine texture, and a guessed texture costs more error than
-it is worth: the expected squared error is lowest for the local mean (the low frequencies, which SAR and
-the surrounding ground do carry). Measured with the demo model on the real patches, composited, against
-the same without it: PSNR +0.14 dB, SSIM +0.034 and SAM -0.26 degrees on the 3 held-out triplets; +0.77
-dB, +0.089 and -1.56 degrees on the 28 cloudy S2 pairs (no SAR); higher PSNR on 30 of the 35 cloudy
-patches. Without SAR (a tile whose SAR input is empty) the Gaussian is twice as wide
-(:data:`SMOOTH_SIGMA_NO_SAR`): nothing carries the structure at 160-320 m either (+0.24 dB on the pairs).
-The runtime applies it to each tile's prediction, which is then blended like the model's output.
-Where the ground shows, thickness is 0 and the prediction is untouched.
+**Invented detail is smoothed** before compositing: ``pred + thickness * (G * pred - pred)`` with ``G`` a
+Gaussian of :data:`SMOOTH_SIGMA` pixels (:func:`smooth_invented`, :func:`lowpass`). Where no optical evidence
+is left the model can only guess the fine texture, and a guessed texture costs more error than it is worth:
+the expected squared error is lowest for the local mean (the low frequencies, which SAR and the surrounding
+ground do carry). Measured with the demo model on the real patches, composited, against the same without it:
+PSNR +0.14 dB, SSIM +0.034 and SAM -0.26 degrees on the 3 held-out triplets; +0.77 dB, +0.089 and -1.56
+degrees on the 28 cloudy S2 pairs (no SAR); higher PSNR on 30 of the 35 cloudy patches. Without SAR (a tile
+whose SAR input is empty) the Gaussian is twice as wide (:data:`SMOOTH_SIGMA_NO_SAR`): nothing carries the
+structure at 160-320 m either (+0.24 dB on the pairs). The runtime applies it to each tile's prediction, which
+is then blended like the model's output. Where the ground shows, thickness is 0 and the prediction is
+untouched.
 """
 
 from __future__ import annotations
