@@ -27,9 +27,9 @@ evidence, each a linear ramp ``ramp(x, a, b)`` from 0 at ``a`` to 1 at ``b``, on
 
 ``weight = max(blur(dilate(open(max(open7(thick), open11(haze), cirrus, shadow)))), context)``. The openings
 are by size: haze spreads wider than most buildings, so a grey opening of 11 x 11 (110 m) leaves haze and
-removes blue and white roofs (an industrial estate drew 2 % of its pixels into the composite without it); a 7
-x 7 opening of the thick evidence drops bright features narrower than 70 m; a 5 x 5 opening of the whole drops
-single dark pixels. A 5 x 5 grey dilation grows the weight over cloud edges, a Gaussian (sigma 2) removes
+removes blue and white roofs (an industrial estate drew 2 % of its pixels into the composite without it);
+a 7 x 7 opening of the thick evidence drops bright features narrower than 70 m; a 5 x 5 opening of the whole
+drops single dark pixels. A 5 x 5 grey dilation grows the weight over cloud edges, a Gaussian (sigma 2) removes
 seams; values below :data:`KEEP_BELOW` are set to 0, so pixels that show the ground clearly come back bit for
 bit (do no harm). The *context* term is ``ramp(f, 0.02, 0.15)`` of the fraction ``f`` of cloud bodies within
 :data:`CONTEXT` pixels (weighted by a triangle, so the weight has no straight ridges): around a cloudy area
