@@ -11,23 +11,15 @@ SAM per group (held-out triplets, training triplets, S2 pairs) and per sigma.
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 
 import numpy as np
-import rasterio
 
 from cloudrt.preprocess import composite as comp
 from cloudrt.preprocess.normalize import normalize_optical, normalize_sar
+from cloudrt.train.discovery import read_raster
 from cloudrt.train.evaluate import model_predict_fn
 from cloudrt.train.metrics import all_metrics
-
-
-def _read(path: Path) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with rasterio.open(path) as ds:
-            return ds.read()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,19 +38,18 @@ def main(argv: list[str] | None = None) -> int:
     groups: dict[str, list[np.ndarray]] = {"held-out triplets": [], "training triplets": [], "S2 pairs": []}
     for folder in ("sen12mscr-samples", "s2-pairs"):
         for p in sorted((a.data / folder / "s2_cloudy").glob("*.tif")):
-            dn = _read(p)
+            dn = read_raster(p)
             weight = comp.composite_weight(dn)
             if (weight > 0).mean() < 0.05:
                 continue
             s1 = a.data / folder / "s1" / p.name
             o = normalize_optical(dn)
-            s = normalize_sar(_read(s1)) if s1.exists() else np.zeros((2, *o.shape[1:]), np.float32)
+            s = normalize_sar(read_raster(s1)) if s1.exists() else np.zeros((2, *o.shape[1:]), np.float32)
             pred = np.asarray(predict(o[None], s[None]))[0]
-            target = normalize_optical(_read(a.data / folder / "s2" / p.name))
+            target = normalize_optical(read_raster(a.data / folder / "s2" / p.name))
             rows = []
             for sigma in sigmas:
-                comp.SMOOTH_SIGMA = sigma
-                q = comp.smooth_invented(pred, dn) if sigma else pred
+                q = comp.smooth_invented(pred, dn, sigma=sigma) if sigma else pred
                 m = all_metrics(comp.composite(q, o, weight), target)
                 rows.append([m["psnr"], m["ssim"], m["sam"]])
             key = "S2 pairs" if folder == "s2-pairs" else "held-out triplets" if p.stem in held else "training triplets"

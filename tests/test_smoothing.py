@@ -3,22 +3,14 @@ full-resolution Gaussian (scipy) on real SEN12MS-CR patches."""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 from scipy import ndimage
 
 from cloudrt.preprocess.composite import KEEP_BELOW, SMOOTH_SIGMA, lowpass, smooth_invented, thickness
-
-
-def _read(path: Path) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with rasterio.open(path) as ds:
-            return ds.read()
+from cloudrt.train.discovery import read_raster as _read
 
 
 def _gauss64(x: np.ndarray, sigma: float) -> np.ndarray:
