@@ -133,7 +133,10 @@ class MixDataset(torch.utils.data.Dataset):
         self.p_real, self.p_identity, self.sar_dropout = p_real, p_identity, sar_dropout
         self.real = [i for i, r in enumerate(records) if r.cloudy is not None and not r.clear_input]
         self.p_sar = p_sar
-        self.with_sar = {i for i, r in enumerate(records) if r.sar is not None}
+        sar = {i for i, r in enumerate(records) if r.sar is not None}
+        # each pool of draws (real clouds, every record) split once into (with SAR, without)
+        self._split = {name: ([i for i in pool if i in sar], [i for i in pool if i not in sar])
+                       for name, pool in (("real", self.real), ("all", range(len(records))))}
         self.names = [r.name for r in records]
         self.arrays = []
         for r in records:
@@ -157,10 +160,10 @@ class MixDataset(torch.utils.data.Dataset):
         if not self.real:  # no real clouds: identity and synthetic keep their ratio
             u = self.p_real + u * (1.0 - self.p_real)
         if u < self.p_real and self.real:
-            d = self.arrays[self._pick(self.real, rng)]
+            d = self.arrays[self._pick("real", rng)]
             optical, kind = d["cloudy"], "real"
         else:
-            d = self.arrays[self._pick(range(len(self.arrays)), rng)]
+            d = self.arrays[self._pick("all", rng)]
             optical, kind = (d["target"], "identity") if u < self.p_real + self.p_identity else (None, "synthetic")
         target = d["target"]
         sar = d.get("sar")
@@ -168,15 +171,15 @@ class MixDataset(torch.utils.data.Dataset):
             sar = np.zeros((2, *target.shape[-2:]), dtype=np.float32)
         return optical, sar, target, kind
 
-    def _pick(self, pool, rng: np.random.Generator) -> int:
-        """A record index from ``pool``: uniform, or with share ``p_sar`` from the records with SAR."""
-        pool = list(pool)
-        if self.p_sar is not None:
-            sar = [i for i in pool if i in self.with_sar]
-            other = [i for i in pool if i not in self.with_sar]
-            if sar and other:
-                pool = sar if rng.random() < self.p_sar else other
-        return pool[int(rng.integers(len(pool)))]
+    def _pick(self, pool: str, rng: np.random.Generator) -> int:
+        """A record index from ``pool`` ("real" or "all"): uniform, or with share ``p_sar`` from the records
+        with SAR."""
+        sar, other = self._split[pool]
+        if self.p_sar is not None and sar and other:
+            choice = sar if rng.random() < self.p_sar else other
+        else:
+            choice = self.real if pool == "real" else range(len(self.arrays))
+        return choice[int(rng.integers(len(choice)))]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
